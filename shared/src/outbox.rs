@@ -1,0 +1,116 @@
+//! Writing outbox rows. Every state change that announces itself on Kafka calls [`insert`]
+//! inside the same transaction as the change; the relay is the only Kafka producer.
+
+use crate::domain::{BillId, Channel, EventId};
+use crate::events::{BillEvent, DeadLetter, AGGREGATE_BILL};
+use chrono::Utc;
+use serde_json::{json, Value};
+use sqlx::PgConnection;
+
+/// One outbox row to be written.
+#[derive(Debug, Clone)]
+pub struct NewOutboxEvent {
+    pub id: EventId,
+    pub topic: String,
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub payload: Value,
+    pub headers: Value,
+}
+
+impl NewOutboxEvent {
+    /// A bill event for `topic`. The `traceparent` (W3C) travels as a Kafka header.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bill(
+        topic: &str,
+        event_type: &str,
+        bill_id: BillId,
+        channel: Channel,
+        attempt: i32,
+        replay_count: i32,
+        traceparent: Option<&str>,
+        dead_letter: Option<DeadLetter>,
+    ) -> Self {
+        let id = EventId::new();
+        let event = BillEvent {
+            event_id: id.0,
+            event_type: event_type.to_owned(),
+            bill_id: bill_id.0,
+            channel,
+            attempt,
+            replay_count,
+            occurred_at: Utc::now(),
+            dead_letter,
+        };
+        Self::new(
+            id,
+            topic,
+            bill_id.to_string(),
+            event_type,
+            serde_json::to_value(&event).unwrap_or(Value::Null),
+            traceparent,
+        )
+    }
+
+    /// Any payload: used for dead letters of records that name no valid bill.
+    pub fn new(
+        id: EventId,
+        topic: &str,
+        aggregate_id: String,
+        event_type: &str,
+        payload: Value,
+        traceparent: Option<&str>,
+    ) -> Self {
+        let mut headers = json!({ "event_id": id.to_string(), "event_type": event_type });
+        if let Some(tp) = traceparent {
+            headers["traceparent"] = Value::String(tp.to_owned());
+        }
+        Self {
+            id,
+            topic: topic.to_owned(),
+            aggregate_type: AGGREGATE_BILL,
+            aggregate_id,
+            event_type: event_type.to_owned(),
+            payload,
+            headers,
+        }
+    }
+}
+
+/// Inserts the rows with one statement (UNNEST), in the caller's transaction.
+pub async fn insert(conn: &mut PgConnection, events: &[NewOutboxEvent]) -> sqlx::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut topics = Vec::with_capacity(events.len());
+    let mut agg_types = Vec::with_capacity(events.len());
+    let mut agg_ids = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut headers = Vec::with_capacity(events.len());
+    for e in events {
+        ids.push(e.id.0);
+        topics.push(e.topic.as_str());
+        agg_types.push(e.aggregate_type);
+        agg_ids.push(e.aggregate_id.as_str());
+        types.push(e.event_type.as_str());
+        payloads.push(&e.payload);
+        headers.push(&e.headers);
+    }
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, aggregatetype, aggregateid, type, payload, headers)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
+    )
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&agg_types)
+    .bind(&agg_ids)
+    .bind(&types)
+    .bind(payloads.iter().map(|v| sqlx::types::Json(*v)).collect::<Vec<_>>())
+    .bind(headers.iter().map(|v| sqlx::types::Json(*v)).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}

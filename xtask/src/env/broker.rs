@@ -1,0 +1,159 @@
+//! The Kafka-protocol broker of the local environment: `KAFKA_BROKERS` if it answers, else a
+//! tansu process (when installed and asked for), else librdkafka's mock cluster running in this
+//! process on real TCP ports (other processes connect to it like to any broker).
+
+use super::BrokerKind;
+use anyhow::{bail, Context};
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const TOPICS: [&str; 3] = ["bills.email", "bills.sms", "bills.dlt"];
+
+pub struct Broker {
+    pub bootstrap: String,
+    origin: Origin,
+}
+
+enum Origin {
+    External,
+    /// The mock cluster lives on its own thread; dropping the sender stops it.
+    Mock(mpsc::Sender<()>),
+    Tansu(tokio::process::Child),
+}
+
+impl Broker {
+    pub async fn ensure(kind: BrokerKind, partitions: i32) -> anyhow::Result<Self> {
+        if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
+            if answers(&bootstrap).await {
+                shared::kafka::ensure_topics(&bootstrap, &TOPICS, partitions).await?;
+                return Ok(Self {
+                    bootstrap,
+                    origin: Origin::External,
+                });
+            }
+            eprintln!("xtask: no broker answers at KAFKA_BROKERS={bootstrap}");
+        }
+        let tansu = tansu_binary();
+        match (kind, tansu) {
+            (BrokerKind::Tansu, None) => bail!(
+                "tansu is not installed: cargo install tansu --locked --features dynostore \
+                 --root ~/.cache/billing-outbox/tansu (or use --broker mock)"
+            ),
+            (BrokerKind::Tansu | BrokerKind::Auto, Some(bin)) => start_tansu(bin, partitions).await,
+            (BrokerKind::Mock | BrokerKind::Auto, _) => start_mock(partitions),
+        }
+    }
+
+    pub fn origin(&self) -> &'static str {
+        match self.origin {
+            Origin::External => "existing broker",
+            Origin::Mock(_) => "librdkafka mock cluster inside xtask",
+            Origin::Tansu(_) => "tansu broker process started by xtask",
+        }
+    }
+
+    pub async fn stop(self) {
+        match self.origin {
+            Origin::External => {}
+            Origin::Mock(stop) => drop(stop),
+            Origin::Tansu(mut child) => {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+async fn answers(bootstrap: &str) -> bool {
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = match ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+        {
+            Ok(p) => p,
+            Err(_) => return false,
+        };
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(3))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn start_mock(partitions: i32) -> anyhow::Result<Broker> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("mock-kafka".into())
+        .spawn(move || {
+            let mock = match MockCluster::<DefaultProducerContext>::new(3) {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("mock cluster: {e}")));
+                    return;
+                }
+            };
+            for topic in TOPICS {
+                if let Err(e) = mock.create_topic(topic, partitions, 1) {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("mock create_topic {topic}: {e}")));
+                    return;
+                }
+            }
+            let _ = ready_tx.send(Ok(mock.bootstrap_servers()));
+            // Blocks until the sender is dropped.
+            let _ = stop_rx.recv();
+        })?;
+    let bootstrap = ready_rx.recv().context("mock cluster thread died")??;
+    Ok(Broker {
+        bootstrap,
+        origin: Origin::Mock(stop_tx),
+    })
+}
+
+fn tansu_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var("HOME").ok()?;
+    let cached = PathBuf::from(home).join(".cache/billing-outbox/tansu/bin/tansu");
+    cached.exists().then_some(cached)
+}
+
+async fn start_tansu(bin: PathBuf, partitions: i32) -> anyhow::Result<Broker> {
+    let port = super::postgres::free_port()?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = tokio::process::Command::new(&bin)
+        .args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to start {}", bin.display()))?;
+    let bootstrap = format!("127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !answers(&bootstrap).await {
+        if tokio::time::Instant::now() > deadline {
+            bail!("tansu did not answer on {bootstrap}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shared::kafka::ensure_topics(&bootstrap, &TOPICS, partitions).await?;
+    Ok(Broker {
+        bootstrap,
+        origin: Origin::Tansu(child),
+    })
+}

@@ -1,0 +1,82 @@
+//! Developer tasks for billing-outbox, run as `cargo xtask <task>`:
+//!
+//! - `env [-- CMD ...]`: make sure a Postgres and a Kafka-protocol broker answer (use
+//!   `DATABASE_URL` / `KAFKA_BROKERS` when they do, otherwise start throwaway ones), create the
+//!   topics, print the settings, run CMD with them (or wait for Ctrl-C), then tear down.
+//! - `test`: `env` + the workspace test suite. This is what `.ci/run` calls.
+//! - `demo`: `env` + every service + a realistic batch, with progress and a summary.
+
+mod demo;
+mod env;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "billing-outbox developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Start (or reuse) Postgres and a broker, run a command with DATABASE_URL/KAFKA_BROKERS set.
+    Env {
+        #[command(flatten)]
+        env: env::EnvArgs,
+        /// Command to run inside the environment; without one, waits for Ctrl-C.
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Run the whole test suite inside the local environment.
+    Test {
+        #[command(flatten)]
+        env: env::EnvArgs,
+        /// Extra arguments for the test runner (e.g. a filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole platform on a realistic batch and print a summary.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.task {
+            Task::Env { env, cmd } => env::run_with(env, cmd).await,
+            Task::Test { env, args } => {
+                let mut cmd = test_command();
+                cmd.extend(args);
+                env::run_with(env, cmd).await
+            }
+            Task::Demo(args) => demo::run(args).await.map(|()| 0),
+        }
+    });
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo nextest run` when installed (one process per test, clearer output), else `cargo test`.
+fn test_command() -> Vec<String> {
+    let has_nextest = std::process::Command::new("cargo")
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let words: &[&str] = if has_nextest {
+        &["cargo", "nextest", "run", "--workspace", "--no-fail-fast"]
+    } else {
+        &["cargo", "test", "--workspace", "--no-fail-fast"]
+    };
+    words.iter().map(|s| s.to_string()).collect()
+}
