@@ -1,0 +1,260 @@
+//! The Kafka side of the relay: an idempotent `FutureProducer` that can be rebuilt after a fatal
+//! error, sending a whole batch without awaiting each record, and the classification of
+//! delivery errors into what the relay does next.
+
+use crate::claim::OutboxRow;
+use anyhow::Context;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::RwLock;
+
+/// What a failed delivery means for the row and the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The broker is unreachable, slow or busy: leave the row unpublished, back off, retry.
+    Retriable,
+    /// This row cannot be published as it is (unknown or invalid topic, too large): record the
+    /// error on the row and retry it slowly, without holding up other rows.
+    Permanent,
+    /// The idempotent producer is in a fatal state: nothing more can go through it, so the
+    /// relay rebuilds it. The row is retried like a retriable one.
+    Fatal,
+}
+
+/// Why one record was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl PublishError {
+    fn from_kafka(err: &KafkaError) -> Self {
+        Self {
+            class: classify(err),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Sorts a producer error into what to do about it.
+pub fn classify(err: &KafkaError) -> ErrorClass {
+    use RDKafkaErrorCode as C;
+    let code = match err {
+        KafkaError::MessageProduction(code) => *code,
+        _ => return ErrorClass::Retriable,
+    };
+    match code {
+        C::Fatal => ErrorClass::Fatal,
+        C::UnknownTopic
+        | C::UnknownTopicOrPartition
+        | C::UnknownPartition
+        | C::InvalidTopic
+        | C::MessageSizeTooLarge
+        | C::InvalidMessageSize
+        | C::MessageBatchTooLarge
+        | C::InvalidRecord
+        | C::InvalidMessage
+        | C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed => ErrorClass::Permanent,
+        _ => ErrorClass::Retriable,
+    }
+}
+
+/// Settings of the relay's producer: the shared idempotent configuration (`acks=all`,
+/// `enable.idempotence=true`) with the relay's delivery timeout. An unknown topic fails its
+/// records after at most the same time instead of librdkafka's 30 s default wait.
+pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig {
+    let mut config = shared::kafka::idempotent_producer_config(brokers);
+    let timeout_ms = message_timeout.as_millis().max(1);
+    config
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .set(
+            "topic.metadata.propagation.max.ms",
+            timeout_ms.min(10_000).to_string(),
+        );
+    config
+}
+
+/// The current producer, replaced when it reports a fatal error.
+pub struct Publisher {
+    config: ClientConfig,
+    current: RwLock<Arc<FutureProducer>>,
+    rebuilds: AtomicU64,
+}
+
+impl Publisher {
+    pub async fn new(config: ClientConfig) -> anyhow::Result<Self> {
+        let producer: FutureProducer = shared::kafka::create(config.clone())
+            .await
+            .context("failed to create the producer")?;
+        Ok(Self {
+            config,
+            current: RwLock::new(Arc::new(producer)),
+            rebuilds: AtomicU64::new(0),
+        })
+    }
+
+    /// The producer to send the next batch with.
+    pub async fn producer(&self) -> Arc<FutureProducer> {
+        self.current.read().await.clone()
+    }
+
+    /// How many times the producer was rebuilt.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// Replaces `failed` by a fresh producer, unless another worker already did. Records still
+    /// queued in the failed producer have already been reported as failed, so their rows stay
+    /// unpublished and are sent again through the new one.
+    pub async fn rebuild(&self, failed: &Arc<FutureProducer>) -> anyhow::Result<()> {
+        let mut current = self.current.write().await;
+        if !Arc::ptr_eq(&current, failed) {
+            return Ok(());
+        }
+        let producer: FutureProducer = shared::kafka::create(self.config.clone())
+            .await
+            .context("failed to rebuild the producer")?;
+        *current = Arc::new(producer);
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("producer rebuilt after a fatal error");
+        Ok(())
+    }
+
+    /// `Err` with the reason when the producer is in a fatal state.
+    pub async fn health(&self) -> Result<(), String> {
+        match self.producer().await.client().fatal_error() {
+            None => Ok(()),
+            Some((code, reason)) => Err(format!("producer fatal error {code}: {reason}")),
+        }
+    }
+
+    /// Waits (off the runtime) until queued records are delivered or `timeout` passes.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer().await;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete"),
+            Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
+        }
+    }
+}
+
+/// The fatal error of `producer`, if it has one.
+pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
+    producer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| format!("{code}: {reason}"))
+}
+
+fn record_headers(row: &OutboxRow) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(row.headers.0.len());
+    for (key, value) in &row.headers.0 {
+        let text;
+        let value: &str = match value {
+            Value::String(s) => s,
+            Value::Null => continue,
+            other => {
+                text = other.to_string();
+                &text
+            }
+        };
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers
+}
+
+/// Sends every row without awaiting each record, then awaits all delivery reports. Returns
+/// one result per row, in the order of `rows`.
+pub async fn send_all(
+    producer: &FutureProducer,
+    rows: &[OutboxRow],
+) -> Vec<Result<(), PublishError>> {
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut record = FutureRecord::to(&row.topic)
+            .key(row.aggregateid.as_bytes())
+            .payload(row.payload.as_bytes())
+            .headers(record_headers(row));
+        let sent = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break Ok(delivery),
+                // The local queue is full: its own thread drains it; wait and try again.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => break Err(PublishError::from_kafka(&e)),
+            }
+        };
+        pending.push(sent);
+    }
+    let mut results = Vec::with_capacity(rows.len());
+    for sent in pending {
+        let result = match sent {
+            Err(e) => Err(e),
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(PublishError::from_kafka(&e)),
+                Err(_canceled) => Err(PublishError {
+                    class: ErrorClass::Retriable,
+                    message: "producer dropped before reporting delivery".into(),
+                }),
+            },
+        };
+        results.push(result);
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_trouble_is_retriable_and_bad_rows_are_permanent() {
+        let produce = |c| KafkaError::MessageProduction(c);
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::MessageTimedOut)),
+            ErrorClass::Retriable
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::AllBrokersDown)),
+            ErrorClass::Retriable
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::QueueFull)),
+            ErrorClass::Retriable
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::UnknownTopic)),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::UnknownTopicOrPartition)),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::Fatal)),
+            ErrorClass::Fatal
+        );
+        assert_eq!(classify(&KafkaError::Canceled), ErrorClass::Retriable);
+    }
+}
