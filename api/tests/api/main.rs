@@ -1,0 +1,9 @@
+//! Integration tests of billing-api against real Postgres: each `#[sqlx::test]` gets a fresh
+//! migrated database from `DATABASE_URL` and drives the router with `oneshot`.
+
+mod batch;
+mod create;
+mod helpers;
+mod openapi;
+mod ops;
+mod read;

@@ -1,0 +1,120 @@
+//! Health, readiness, metrics, Swagger UI, and behaviour when Postgres is down.
+
+use crate::helpers::*;
+use axum::body::Body;
+use axum::http::Request;
+use billing_api::state::AppState;
+use shared::config::Topics;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// An app whose pool points at a port nobody listens on.
+fn app_without_database() -> axum::Router {
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/billing")
+        .expect("a lazy pool never connects up front");
+    billing_api::startup::router(AppState::new(pool, keyring(), Topics::default(), None, 3))
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn health_and_readiness_answer_when_postgres_is_up(pool: PgPool) {
+    let app = app(pool);
+    assert_eq!(send(&app, get("/healthz")).await.status, 200);
+    let ready = send(&app, get("/readyz")).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["status"], "ready");
+}
+
+#[tokio::test]
+async fn every_database_endpoint_answers_503_when_postgres_is_down() {
+    let app = app_without_database();
+    assert_eq!(send(&app, get("/healthz")).await.status, 200);
+    send(&app, get("/readyz")).await.problem(503);
+    let answer = send(&app, post("/v1/bills", &bill(0))).await;
+    answer.problem(503);
+    assert!(answer.headers.contains_key("retry-after"));
+    send(
+        &app,
+        post("/v1/bills/batch", &serde_json::json!({"bills": [bill(0)]})),
+    )
+    .await
+    .problem(503);
+    let id = uuid::Uuid::now_v7();
+    send(&app, get(&format!("/v1/bills/{id}")))
+        .await
+        .problem(503);
+    send(&app, get(&format!("/v1/bills/{id}/deliveries")))
+        .await
+        .problem(503);
+    send(&app, get("/v1/bills")).await.problem(503);
+    send(&app, get("/v1/stats")).await.problem(503);
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_before_the_database_is_needed() {
+    let app = app_without_database();
+    send(&app, post_raw("/v1/bills", "application/json", "{"))
+        .await
+        .problem(400);
+    send(&app, post("/v1/bills", &serde_json::json!({})))
+        .await
+        .problem(422);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn metrics_count_requests_by_route_and_accepted_bills(pool: PgPool) {
+    let app = app(pool);
+    assert_eq!(send(&app, post("/v1/bills", &bill(0))).await.status, 202);
+    let answer = send(&app, get("/metrics")).await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.raw.contains("billing_api_requests_total"),
+        "{}",
+        answer.raw
+    );
+    assert!(answer.raw.contains("route=\"/v1/bills\""), "{}", answer.raw);
+    assert!(
+        answer.raw.contains("billing_api_bills_accepted_total"),
+        "{}",
+        answer.raw
+    );
+    assert!(
+        answer.raw.contains("billing_api_request_duration_seconds"),
+        "{}",
+        answer.raw
+    );
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_request_id_is_generated_or_propagated(pool: PgPool) {
+    let app = app(pool);
+    let fresh = send(&app, get("/healthz")).await;
+    assert!(fresh.headers.contains_key("x-request-id"));
+    let req = Request::get("/healthz")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, req).await.headers["x-request-id"], "abc-123");
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn swagger_ui_and_the_openapi_document_are_served(pool: PgPool) {
+    let app = app(pool);
+    let ui = send(&app, get("/swagger-ui/")).await;
+    assert_eq!(ui.status, 200);
+    assert!(ui.raw.contains("swagger-ui"), "{}", ui.raw);
+    let doc = send(&app, get("/api-docs/openapi.json")).await;
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["paths"]["/v1/bills"].is_object());
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_wrong_method_is_a_405_problem(pool: PgPool) {
+    let app = app(pool);
+    let req = Request::delete("/v1/bills").body(Body::empty()).unwrap();
+    let answer = send(&app, req).await;
+    answer.problem(405);
+    assert!(answer.headers.contains_key("allow"));
+}
