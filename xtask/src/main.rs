@@ -33,7 +33,10 @@ enum Task {
     Test {
         #[command(flatten)]
         env: env::EnvArgs,
-        /// Extra arguments for the test runner (e.g. a filter).
+        /// Skip the end-to-end run of the real binaries after the test suite.
+        #[arg(long)]
+        no_e2e: bool,
+        /// Extra arguments for the test runner (e.g. a filter; skips the end-to-end run).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -47,10 +50,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.task {
             Task::Env { env, cmd } => env::run_with(env, cmd).await,
-            Task::Test { env, args } => {
+            Task::Test { env, args, no_e2e } => {
                 let mut cmd = test_command();
+                let filtered = !args.is_empty();
                 cmd.extend(args);
-                env::run_with(env, cmd).await
+                let code = env::run_with(env.clone(), cmd).await?;
+                if code != 0 || no_e2e || filtered {
+                    return Ok(code);
+                }
+                eprintln!("xtask: end-to-end run of the real binaries (demo --check)");
+                demo::run(demo::DemoArgs::e2e(env)).await.map(|()| 0)
             }
             Task::Demo(args) => demo::run(args).await.map(|()| 0),
         }
