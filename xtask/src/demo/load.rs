@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 pub enum Fate {
     /// Email works (it may still fail at random at SIM_FAILURE_RATE).
     Normal,
-    /// Email always bounces; SMS works: must end SENT on sms.
+    /// Email always bounces: must move to sms (and end SENT, unless SMS fails at random).
     FallsBackToSms,
     /// Both channels always fail: must end DEAD with a DLT record.
     Dies,
