@@ -32,7 +32,7 @@ async fn after_a_crash_with_bills_in_flight_every_bill_ends_terminal_and_nobody_
     let extra = ["--lease-secs", "2", "--max-in-flight", "100"];
 
     // Act: kill the first consumer mid-work.
-    let first = start(settings(&brokers, &topics, &sim, "crash", &extra), &pool);
+    let first = start(settings(&brokers, &topics, &sim, "crash", &extra), &pool).await;
     eventually(60, "some bills sent", || async {
         count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENT'").await >= 50
     })
@@ -57,7 +57,7 @@ async fn after_a_crash_with_bills_in_flight_every_bill_ends_terminal_and_nobody_
         "the kill should leave bills in flight"
     );
 
-    let second = start(settings(&brokers, &topics, &sim, "crash", &extra), &pool);
+    let second = start(settings(&brokers, &topics, &sim, "crash", &extra), &pool).await;
     eventually(120, "every bill terminal", || async {
         count(
             &pool,
@@ -71,6 +71,10 @@ async fn after_a_crash_with_bills_in_flight_every_bill_ends_terminal_and_nobody_
     relay.abort();
 
     // Assert
+    eprintln!(
+        "crash: delivered at kill {delivered_at_kill}, recorded {recorded_at_kill}, in flight {in_flight_at_kill}, refused re-sends {}",
+        sim.stats().email.duplicates
+    );
     assert_eq!(
         count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENT'").await,
         BILLS

@@ -29,11 +29,27 @@ async fn bills_are_sent_by_email_once_and_recorded(pool: PgPool) {
     }
 
     // Act
-    let consumer = start(settings(&brokers, &topics, &sim, "happy", &[]), &pool);
+    let consumer = start(settings(&brokers, &topics, &sim, "happy", &[]), &pool).await;
     eventually(60, "every bill SENT", || async {
         count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENT'").await == 20
     })
     .await;
+    let get = |path: &str| reqwest::get(format!("http://{}{path}", consumer.admin));
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for series in [
+        "billing_sends_total",
+        "billing_consumer_in_flight",
+        "billing_provider_latency_seconds",
+        "billing_bills_sent_total",
+    ] {
+        assert!(metrics.contains(series), "missing {series} in /metrics");
+    }
+    assert!(
+        !metrics.contains("example.kr"),
+        "no personal data in metrics"
+    );
     consumer.stop().await;
     relay.abort();
 
@@ -79,7 +95,7 @@ async fn a_bill_whose_email_fails_is_sent_by_sms(pool: PgPool) {
     )
     .await;
 
-    let consumer = start(settings(&brokers, &topics, &sim, "fallback", &[]), &pool);
+    let consumer = start(settings(&brokers, &topics, &sim, "fallback", &[]), &pool).await;
     eventually(60, "bill SENT by sms", || async {
         status(&pool, id).await == ("SENT".into(), "sms".into())
     })
@@ -135,7 +151,7 @@ async fn a_bill_that_fails_on_both_channels_is_dead_with_a_dead_letter_without_p
     )
     .await;
 
-    let consumer = start(settings(&brokers, &topics, &sim, "dead", &[]), &pool);
+    let consumer = start(settings(&brokers, &topics, &sim, "dead", &[]), &pool).await;
     eventually(60, "bill DEAD", || async {
         status(&pool, id).await.0 == "DEAD"
     })
@@ -193,7 +209,7 @@ async fn a_redelivered_record_does_not_send_the_bill_again(pool: PgPool) {
         "+821012345678",
     )
     .await;
-    let consumer = start(settings(&brokers, &topics, &sim, "redelivery", &[]), &pool);
+    let consumer = start(settings(&brokers, &topics, &sim, "redelivery", &[]), &pool).await;
     eventually(60, "bill SENT", || async {
         status(&pool, id).await.0 == "SENT"
     })
@@ -274,7 +290,7 @@ async fn poison_records_go_to_the_dead_letter_topic_without_stopping_the_partiti
         .unwrap();
     let good = enqueue(&pool, &topics, "Lee", "lee@example.kr", "+821012345679").await;
 
-    let consumer = start(settings(&brokers, &topics, &sim, "poison", &[]), &pool);
+    let consumer = start(settings(&brokers, &topics, &sim, "poison", &[]), &pool).await;
     eventually(60, "good bill SENT", || async {
         status(&pool, good).await.0 == "SENT"
     })

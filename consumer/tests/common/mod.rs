@@ -119,17 +119,23 @@ pub fn settings(
 pub struct Running {
     pub handle: JoinHandle<anyhow::Result<()>>,
     pub cancel: CancellationToken,
+    /// Where /healthz, /readyz and /metrics are served.
+    pub admin: std::net::SocketAddr,
 }
 
-pub fn start(settings: Settings, pool: &PgPool) -> Running {
+pub async fn start(settings: Settings, pool: &PgPool) -> Running {
     let cancel = CancellationToken::new();
-    let handle = tokio::spawn(billing_consumer::run_with_pool(
-        settings,
-        pool.clone(),
-        cancel.clone(),
-        None,
-    ));
-    Running { handle, cancel }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let run = billing_consumer::run_with_pool(settings, pool.clone(), cancel.clone(), Some(tx));
+    let handle = tokio::spawn(run);
+    let admin = rx
+        .await
+        .expect("the consumer binds its admin address first");
+    Running {
+        handle,
+        cancel,
+        admin,
+    }
 }
 
 impl Running {
