@@ -74,6 +74,8 @@ pub struct RelayStats {
     pub permanent_failures: AtomicU64,
     /// Batches claimed and not yet committed.
     pub in_flight: AtomicUsize,
+    /// Producers rebuilt after a fatal error.
+    pub producer_rebuilds: AtomicU64,
 }
 
 impl RelayStats {
@@ -112,11 +114,6 @@ impl Relay {
 
     pub fn stats(&self) -> Arc<RelayStats> {
         self.shared.stats.clone()
-    }
-
-    /// How many times the producer was rebuilt after a fatal error.
-    pub fn producer_rebuilds(&self) -> u64 {
-        self.shared.publisher.rebuilds()
     }
 
     /// `/readyz`: the database answers and the producer is not in a fatal state.

@@ -10,7 +10,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::RwLock;
@@ -87,7 +86,6 @@ pub fn producer_config(brokers: &str, message_timeout: Duration) -> ClientConfig
 pub struct Publisher {
     config: ClientConfig,
     current: RwLock<Arc<FutureProducer>>,
-    rebuilds: AtomicU64,
 }
 
 impl Publisher {
@@ -98,7 +96,6 @@ impl Publisher {
         Ok(Self {
             config,
             current: RwLock::new(Arc::new(producer)),
-            rebuilds: AtomicU64::new(0),
         })
     }
 
@@ -107,26 +104,20 @@ impl Publisher {
         self.current.read().await.clone()
     }
 
-    /// How many times the producer was rebuilt.
-    pub fn rebuilds(&self) -> u64 {
-        self.rebuilds.load(Ordering::Relaxed)
-    }
-
     /// Replaces `failed` by a fresh producer, unless another worker already did. Records still
     /// queued in the failed producer have already been reported as failed, so their rows stay
-    /// unpublished and are sent again through the new one.
-    pub async fn rebuild(&self, failed: &Arc<FutureProducer>) -> anyhow::Result<()> {
+    /// unpublished and are sent again through the new one. `true` when this call rebuilt it.
+    pub async fn rebuild(&self, failed: &Arc<FutureProducer>) -> anyhow::Result<bool> {
         let mut current = self.current.write().await;
         if !Arc::ptr_eq(&current, failed) {
-            return Ok(());
+            return Ok(false);
         }
         let producer: FutureProducer = shared::kafka::create(self.config.clone())
             .await
             .context("failed to rebuild the producer")?;
         *current = Arc::new(producer);
-        self.rebuilds.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("producer rebuilt after a fatal error");
-        Ok(())
+        Ok(true)
     }
 
     /// `Err` with the reason when the producer is in a fatal state.

@@ -193,7 +193,12 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
             error = fatal.as_deref().unwrap_or("fatal"),
             "producer fatal error"
         );
-        shared.publisher.rebuild(&producer).await?;
+        if shared.publisher.rebuild(&producer).await? {
+            shared
+                .stats
+                .producer_rebuilds
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
     Ok(outcome)
 }

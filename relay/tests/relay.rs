@@ -1,0 +1,330 @@
+//! The relay against real Postgres (`#[sqlx::test]`, a fresh database per test) and a
+//! Kafka-protocol broker (rdkafka's in-process `MockCluster`, a fresh topic per test).
+
+mod support;
+
+use billing_relay::retention;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use shared::events::BillEvent;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use support::*;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn every_row_is_published_exactly_once_with_its_key_headers_and_value(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    let bills = bills(100);
+    let mut expected = Vec::new();
+    for attempt in 0..3 {
+        expected.extend(insert_round(&pool, &topic, &bills, attempt).await);
+    }
+
+    let relay = start_relay(&pool, options(&brokers)).await;
+    wait_until("every row is published", WAIT, || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    relay.stop().await;
+
+    let records = read_topic(&brokers, &topic).await;
+    assert_exactly_once(&records, &expected);
+    assert_per_bill_order(&records);
+    let payloads: HashMap<Uuid, serde_json::Value> =
+        sqlx::query_as::<_, (Uuid, serde_json::Value)>("SELECT id, payload FROM outbox")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    for r in &records {
+        let event: BillEvent = serde_json::from_slice(&r.value).expect("value is a BillEvent");
+        let stored: BillEvent = serde_json::from_value(payloads[&event.event_id].clone()).unwrap();
+        assert_eq!(event, stored, "the value is the row's payload");
+        assert_eq!(r.key, event.bill_id.to_string(), "key = bill id");
+        assert_eq!(r.headers["event_id"], event.event_id.to_string());
+        assert_eq!(r.headers["event_type"], event.event_type);
+        assert_eq!(r.headers["traceparent"], TRACEPARENT);
+    }
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_notification_wakes_the_relay_without_waiting_for_the_poll(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    let relay = start_relay(
+        &pool,
+        billing_relay::RelayOptions {
+            poll_interval: Duration::from_secs(3600),
+            ..options(&brokers)
+        },
+    )
+    .await;
+    // Insert only once the relay listens, so the rows can only be found through NOTIFY.
+    wait_until("the relay listens", WAIT, || async {
+        let sql = "SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND query ILIKE 'LISTEN%outbox_inserted%'";
+        count(&pool, sql).await == 1
+    })
+    .await;
+
+    let expected = insert_round(&pool, &topic, &bills(5), 0).await;
+    wait_until("the rows are published", WAIT, || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    relay.stop().await;
+
+    assert_exactly_once(&read_topic(&brokers, &topic).await, &expected);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn two_relays_on_one_database_publish_each_row_once_in_per_bill_order(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    // Small batches and several workers per relay, so the two relays interleave a lot.
+    let opts = billing_relay::RelayOptions {
+        batch_size: 20,
+        workers: 3,
+        ..options(&brokers)
+    };
+    let first = start_relay(&pool, opts.clone()).await;
+    let second = start_relay(&pool, opts).await;
+
+    let bills = bills(60);
+    let mut expected = Vec::new();
+    for attempt in 0..6 {
+        expected.extend(insert_round(&pool, &topic, &bills, attempt).await);
+    }
+    wait_until("every row is published", WAIT, || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    let (a, b) = (first.stats.published(), second.stats.published());
+    first.stop().await;
+    second.stop().await;
+
+    let records = read_topic(&brokers, &topic).await;
+    assert_exactly_once(&records, &expected);
+    assert_per_bill_order(&records);
+    assert_eq!(a + b, expected.len() as u64);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_broker_outage_loses_nothing_and_everything_is_published_once_it_returns(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    kafka.broker_down(-1).expect("all brokers down");
+    let bills = bills(50);
+    let mut expected = insert_round(&pool, &topic, &bills, 0).await;
+    expected.extend(insert_round(&pool, &topic, &bills, 1).await);
+
+    let relay = start_relay(&pool, options(&brokers)).await;
+    wait_until("every claimable row failed at least once", WAIT, || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE publish_attempts > 0",
+        )
+        .await
+            >= 50
+    })
+    .await;
+    assert_eq!(
+        unpublished(&pool).await,
+        100,
+        "nothing is marked published while down"
+    );
+    let recorded = count(
+        &pool,
+        "SELECT count(*) FROM outbox WHERE last_error IS NOT NULL",
+    )
+    .await;
+    assert!(recorded >= 50, "the broker error is recorded on the rows");
+
+    kafka.broker_up(-1).expect("brokers up");
+    wait_until("every row is published", WAIT, || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    relay.stop().await;
+
+    let records = read_topic(&brokers, &topic).await;
+    assert_exactly_once(&records, &expected);
+    assert_per_bill_order(&records);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_row_for_an_unknown_topic_is_recorded_and_does_not_block_other_bills(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let missing = unique_topic("bills.missing");
+    let kafka = kafka(&topic);
+    kafka
+        .topic_error(
+            &missing,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .expect("topic error");
+    let brokers = kafka.bootstrap_servers();
+    let stuck_bill = bills(1);
+    let stuck = insert_round(&pool, &missing, &stuck_bill, 0).await[0];
+    // A later event of the same bill must wait behind the stuck one; other bills must not.
+    let behind = insert_round(&pool, &topic, &stuck_bill, 1).await[0];
+    let others = insert_round(&pool, &topic, &bills(20), 0).await;
+
+    let relay = start_relay(&pool, options(&brokers)).await;
+    wait_until(
+        "the unknown-topic row is recorded with its error",
+        WAIT,
+        || async {
+            let sql = format!(
+                "SELECT count(*) FROM outbox WHERE id = '{stuck}' AND last_error IS NOT NULL
+                AND next_attempt_at IS NOT NULL AND published_at IS NULL"
+            );
+            count(&pool, &sql).await == 1
+        },
+    )
+    .await;
+    wait_until("the other bills are published", WAIT, || async {
+        unpublished(&pool).await == 2
+    })
+    .await;
+    relay.stop().await;
+
+    let (published, error): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
+        sqlx::query_as("SELECT published_at, last_error FROM outbox WHERE id = $1")
+            .bind(stuck)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(published.is_none());
+    assert!(
+        error.unwrap().to_lowercase().contains("unknown"),
+        "the error names the cause"
+    );
+    let behind_published: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT published_at FROM outbox WHERE id = $1")
+            .bind(behind)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        behind_published.is_none(),
+        "a bill's later event waits for the earlier one"
+    );
+    assert_exactly_once(&read_topic(&brokers, &topic).await, &others);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_fatal_producer_error_rebuilds_the_producer_and_loses_nothing(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    // A sequence error on the head-of-line request puts an idempotent producer in a fatal state.
+    kafka.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let expected = insert_round(&pool, &topic, &bills(30), 0).await;
+
+    let relay = start_relay(&pool, options(&brokers)).await;
+    wait_until("the producer is rebuilt", WAIT, || async {
+        relay.stats.producer_rebuilds.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    wait_until("every row is published", WAIT, || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    relay.stop().await;
+
+    let counts = counts_by_event(&read_topic(&brokers, &topic).await);
+    for id in &expected {
+        assert!(counts.get(id).copied().unwrap_or(0) >= 1, "event {id} lost");
+    }
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn shutdown_finishes_the_batch_in_flight(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    for broker in 1..=3 {
+        kafka
+            .broker_round_trip_time(broker, Duration::from_millis(300))
+            .expect("slow broker");
+    }
+    let expected = insert_round(&pool, &topic, &bills(40), 0).await;
+    let opts = billing_relay::RelayOptions {
+        workers: 1,
+        message_timeout: Duration::from_secs(20),
+        ..options(&brokers)
+    };
+    let relay = start_relay(&pool, opts).await;
+    wait_until("a batch is in flight", WAIT, || async {
+        relay.stats.in_flight.load(Ordering::SeqCst) > 0
+    })
+    .await;
+
+    let stats = relay.stats.clone();
+    relay.stop().await;
+
+    assert_eq!(
+        unpublished(&pool).await,
+        0,
+        "the batch in flight was committed"
+    );
+    assert_eq!(stats.published(), 40);
+    assert_exactly_once(&read_topic(&brokers, &topic).await, &expected);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn retention_deletes_only_rows_published_longer_ago_than_the_age(pool: PgPool) {
+    let ids = insert_round(&pool, "bills.email", &bills(10), 0).await;
+    let (old, rest) = ids.split_at(4);
+    let (recent, unpublished_old) = rest.split_at(3);
+    sqlx::query("UPDATE outbox SET published_at = now() - interval '48 hours' WHERE id = ANY($1)")
+        .bind(old)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbox SET published_at = now() - interval '1 hour' WHERE id = ANY($1)")
+        .bind(recent)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '72 hours' WHERE id = ANY($1)")
+        .bind(unpublished_old)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let age = Duration::from_secs(24 * 3600);
+    let deleted = retention::purge(
+        &pool,
+        age,
+        3,
+        Duration::from_millis(1),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(deleted, 4);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut kept: Vec<Uuid> = recent.iter().chain(unpublished_old).copied().collect();
+    kept.sort_by_key(|id| ids.iter().position(|x| x == id));
+    assert_eq!(left, kept);
+}
