@@ -37,7 +37,22 @@ async fn after_a_crash_with_bills_in_flight_every_bill_ends_terminal_and_nobody_
         count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENT'").await >= 50
     })
     .await;
+    // Hold outcome writes back (inserts into the delivery history block), so the provider
+    // delivers bills whose outcome is not yet durable, then kill: those are the bills a
+    // restart re-sends and the provider must refuse as duplicates.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE delivery_attempts IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let recorded = count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENT'").await as u64;
+    eventually(60, "deliveries whose outcome is not yet recorded", || {
+        let delivered = sim.stats().email.delivered;
+        async move { delivered >= recorded + 20 }
+    })
+    .await;
     first.kill().await;
+    blocker.rollback().await.unwrap();
     // Let requests the provider was still answering settle (killed connections end them).
     let mut last = sim.stats().email.delivered;
     let mut stable = 0;
