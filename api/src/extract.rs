@@ -61,10 +61,15 @@ where
         serde_json::from_value(value).map(ApiJson).map_err(|e| {
             // Data errors can quote the rejected value; say only what was expected.
             let msg = e.to_string();
-            let expected = msg
-                .split("expected ")
-                .nth(1)
-                .map(|s| format!("expected {s}"));
+            // Field-name errors quote only the schema's (or the caller's) field names.
+            let names_fields = msg.starts_with("unknown field") || msg.starts_with("missing field");
+            let expected = if names_fields {
+                Some(msg.split(" at line ").next().unwrap_or(&msg).to_owned())
+            } else {
+                msg.split("expected ")
+                    .nth(1)
+                    .map(|s| format!("expected {s}"))
+            };
             ApiError::Validation(vec![FieldError {
                 field: String::new(),
                 pointer: String::new(),

@@ -81,7 +81,7 @@ pub fn router_with(state: AppState, config: RouterConfig) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .nest("/v1/admin", admin::router())
+        .nest("/v1/admin", admin::router(state.clone()))
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .fallback(|| async { problem_response(&problem_for_status(StatusCode::NOT_FOUND)) })
         // Router::layer wraps what is already there, so the last layer added is the outermost:

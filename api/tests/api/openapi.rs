@@ -25,6 +25,9 @@ fn the_document_lists_every_endpoint() {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/v1/admin/dead-letters",
+        "/v1/admin/dead-letters/{id}/replay",
+        "/v1/admin/dead-letters/replay",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
