@@ -339,4 +339,18 @@ async fn replay_by_filter_honours_dry_run_limit_and_filter(pool: PgPool) {
     )
     .await
     .problem(422);
+    // Postgres text cannot hold NUL: refused as bad input, never a 500.
+    let nul = json!({"filter": {"reason": "a\u{0}b"}});
+    send(
+        &app,
+        authed("POST", "/v1/admin/dead-letters/replay", Some(nul)),
+    )
+    .await
+    .problem(422);
+    send(
+        &app,
+        authed("GET", "/v1/admin/dead-letters?reason=a%00b", None),
+    )
+    .await
+    .problem(400);
 }

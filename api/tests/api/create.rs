@@ -320,3 +320,27 @@ async fn concurrent_requests_with_one_key_create_one_bill(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM bill_items").await, 2);
 }
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn nul_characters_in_any_text_field_are_a_422_never_a_500(pool: PgPool) {
+    let app = app(pool);
+    for path in [
+        &["recipient", "name"][..],
+        &["recipient", "email"],
+        &["recipient", "phone"],
+        &["billing_period"],
+        &["currency"],
+        &["external_id"],
+    ] {
+        let mut body = bill(0);
+        let mut slot = &mut body;
+        for key in path {
+            slot = &mut slot[*key];
+        }
+        *slot = json!("a\u{0}b");
+        send(&app, post("/v1/bills", &body)).await.problem(422);
+    }
+    let mut item = bill(0);
+    item["items"][0]["name"] = json!("a\u{0}b");
+    send(&app, post("/v1/bills", &item)).await.problem(422);
+}

@@ -70,6 +70,16 @@ impl DeadLetterFilter {
     }
 }
 
+/// `reason` is matched with ILIKE: bounded, and free of control characters (Postgres text
+/// cannot hold NUL, which would otherwise surface as a 500).
+pub fn check_reason(reason: Option<&str>, loc: Loc, errors: &mut Vec<FieldError>) {
+    if let Some(r) = reason {
+        if r.chars().count() > 200 || r.chars().any(char::is_control) {
+            errors.push(loc.error("must be at most 200 characters without control characters"));
+        }
+    }
+}
+
 /// A dead bill (no recipient data).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct DeadLetter {
@@ -132,9 +142,7 @@ pub async fn list_dead_letters(
             .ok(),
     };
     let reason = p.reason.filter(|s| !s.is_empty());
-    if reason.as_ref().is_some_and(|r| r.chars().count() > 200) {
-        errors.push(root.key("reason").error("must be at most 200 characters"));
-    }
+    check_reason(reason.as_deref(), root.key("reason"), &mut errors);
     let limit = match p.limit.as_deref().filter(|s| !s.is_empty()) {
         None => DEFAULT_LIMIT,
         Some(s) => match s.parse::<i64>() {

@@ -5,7 +5,7 @@
 //! count (so the provider idempotency key `{bill}:{channel}:{replay}` is fresh). A per-bill cap
 //! (`MAX_REPLAYS`) stops a bill that keeps dying from looping forever.
 
-use super::dead_letters::DeadLetterFilter;
+use super::dead_letters::{check_reason, DeadLetterFilter};
 use crate::error::{ApiError, Problem};
 use crate::extract::ApiJson;
 use crate::routes::bills::parse_id;
@@ -186,6 +186,15 @@ pub async fn replay_many(
         return Err(ApiError::Validation(vec![crate::validation::Loc::root()
             .key("limit")
             .error(format!("must be an integer from 1 to {MAX_LIMIT}"))]));
+    }
+    let mut errors = Vec::new();
+    check_reason(
+        req.filter.reason.as_deref(),
+        crate::validation::Loc::root().key("filter").key("reason"),
+        &mut errors,
+    );
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
     }
     let max = state.max_replays();
     let mut tx = state.pool.begin().await?;
