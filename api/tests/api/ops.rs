@@ -118,3 +118,69 @@ async fn a_wrong_method_is_a_405_problem(pool: PgPool) {
     answer.problem(405);
     assert!(answer.headers.contains_key("allow"));
 }
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn the_application_serves_on_port_0_and_stops_gracefully_when_cancelled(
+    _pool_options: PgPoolOptions,
+    options: sqlx::postgres::PgConnectOptions,
+) {
+    use clap::Parser;
+    let db = options.get_database().unwrap_or("postgres").to_owned();
+    let url = format!(
+        "postgres://{}@{}:{}/{db}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port()
+    );
+    let spec = shared::crypto::Keyring::generate_spec("k1");
+    let cli = billing_api::settings::Cli::try_parse_from([
+        "billing-api",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+        "--encryption-keys",
+        &spec,
+        "--migrate",
+    ])
+    .unwrap();
+    let app = billing_api::startup::Application::build(cli.settings)
+        .await
+        .unwrap();
+    let port = app.port();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(cancel.clone()));
+
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops after cancellation")
+        .unwrap()
+        .unwrap();
+    assert!(reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn the_application_refuses_to_start_without_a_keyring() {
+    use clap::Parser;
+    if std::env::var_os("BILLING_ENCRYPTION_KEYS").is_some() {
+        return; // the environment provides one; nothing to check here
+    }
+    let cli =
+        billing_api::settings::Cli::try_parse_from(["billing-api", "--api-addr", "127.0.0.1:0"])
+            .unwrap();
+    let err = billing_api::startup::Application::build(cli.settings)
+        .await
+        .err()
+        .expect("no keyring");
+    assert!(
+        format!("{err:#}").contains("BILLING_ENCRYPTION_KEYS"),
+        "{err:#}"
+    );
+}
