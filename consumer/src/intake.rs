@@ -66,8 +66,9 @@ impl OffsetStore for ConsumerOffsets {
         }
         // Fails for a partition that was revoked meanwhile; its new owner re-reads from the
         // last commit, and the claim makes that harmless.
-        if let Err(e) = self.0.store_offsets(&tpl) {
-            tracing::debug!(error = %e, "storing offsets failed");
+        match self.0.store_offsets(&tpl) {
+            Ok(()) => tracing::debug!(?points, "offsets stored"),
+            Err(e) => tracing::debug!(error = %e, "storing offsets failed"),
         }
     }
 }

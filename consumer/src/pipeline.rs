@@ -16,6 +16,7 @@ use crate::process::Sender;
 use shared::config::Topics;
 use shared::events::SourceRecord;
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -155,15 +156,21 @@ pub async fn writer(
         for (f, w) in batch.iter().zip(&written) {
             count(f, *w);
         }
-        // Durable: now, and only now, the offsets may move past these records.
+        // Durable: now, and only now, the offsets may move past these records. One point per
+        // partition (the latest): a partition listed twice would store an invalid offset.
         let points: Vec<(String, i32, i64)> = {
             let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-            buf.iter()
-                .filter_map(|d| {
-                    let s = &d.ticket.source;
-                    t.finish(&s.topic, s.partition, s.offset, d.ticket.generation)
-                        .map(|o| (s.topic.clone(), s.partition, o))
-                })
+            let mut latest: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+            for d in &buf {
+                let s = &d.ticket.source;
+                if let Some(o) = t.finish(&s.topic, s.partition, s.offset, d.ticket.generation) {
+                    let e = latest.entry((s.topic.as_str(), s.partition)).or_insert(o);
+                    *e = (*e).max(o);
+                }
+            }
+            latest
+                .into_iter()
+                .map(|((topic, p), o)| (topic.to_owned(), p, o))
                 .collect()
         };
         if !points.is_empty() {

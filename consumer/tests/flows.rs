@@ -77,6 +77,27 @@ async fn bills_are_sent_by_email_once_and_recorded(pool: PgPool) {
             .unwrap();
     assert_eq!(key, format!("{}:email:0", ids[0]));
     assert!(dead_letters(&pool, &topics).await.is_empty());
+    // The graceful stop committed every offset: a restart reads nothing again.
+    assert_eq!(committed(&brokers, "happy", &topics.email, 2), 20);
+}
+
+/// Sum of the offsets the group committed on `topic`.
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = shared::kafka::manual_store_consumer_config(brokers, group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .unwrap();
+    got.elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+        .sum()
 }
 
 #[sqlx::test(migrator = "shared::MIGRATOR")]
