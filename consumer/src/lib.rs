@@ -108,10 +108,12 @@ pub async fn run_with_pool(
 
     // Every task is owned here: dropping this future (a crash in tests) aborts them all.
     let mut stages = JoinSet::new();
+    let held = pipeline::Held::default();
     stages.spawn(pipeline::claimer(
         pool.clone(),
         settings.lease(),
         sender,
+        held.clone(),
         claim_rx,
         done_tx.clone(),
     ));
@@ -121,8 +123,11 @@ pub async fn run_with_pool(
         done_rx,
         tracker.clone(),
         Arc::new(intake::ConsumerOffsets(consumer.clone())),
-        permits.clone(),
-        settings.max_in_flight,
+        held.clone(),
+        pipeline::Capacity {
+            permits: permits.clone(),
+            max: settings.max_in_flight,
+        },
     ));
     let sweep_cancel = cancel.child_token();
     stages.spawn(sweeper::run(
@@ -136,7 +141,7 @@ pub async fn run_with_pool(
 
     let intake_result = intake::run(
         consumer.clone(),
-        topics,
+        topics.clone(),
         tracker,
         permits.clone(),
         claim_tx,
@@ -160,13 +165,25 @@ pub async fn run_with_pool(
     })
     .await;
     if drained.is_err() {
-        // Unfinished bills keep their lease; their offsets were not stored, so they are read
-        // again, and the sweeper hands them back once the lease expires.
-        tracing::warn!(
-            unfinished = settings.max_in_flight - permits.available_permits(),
-            "grace period over; leaving unfinished bills to the sweeper"
-        );
         stages.shutdown().await;
+        // Hand unfinished bills back now rather than when their lease expires. Their offsets
+        // were not stored; a provider that honours the idempotency key refuses a re-send of a
+        // message that did go out.
+        let leases: Vec<(uuid::Uuid, uuid::Uuid)> = held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        match sweeper::hand_back(&pool, &topics, &leases).await {
+            Ok(n) => tracing::warn!(
+                handed_back = n,
+                "grace period over; unfinished bills handed back"
+            ),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "handing back unfinished bills failed; the sweeper will once their lease expires"
+            ),
+        }
     }
     intake::commit(&consumer);
     intake_result

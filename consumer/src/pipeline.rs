@@ -16,11 +16,12 @@ use crate::process::Sender;
 use shared::config::Topics;
 use shared::events::SourceRecord;
 use sqlx::PgPool;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use uuid::Uuid;
 
 /// Largest batch of one claim statement or one outcome transaction.
 pub const BATCH: usize = 500;
@@ -47,6 +48,17 @@ pub struct Done {
     pub outcome: Outcome,
 }
 
+/// The leases this process holds (bill id -> claim token), so a shutdown that runs out of
+/// grace can hand them back instead of leaving them to expire.
+pub type Held = Arc<Mutex<HashMap<Uuid, Uuid>>>;
+
+/// The in-flight semaphore and its size (for the in-flight gauge).
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    pub permits: Arc<Semaphore>,
+    pub max: usize,
+}
+
 /// Stores offsets for the next commit (the Kafka consumer in production).
 pub trait OffsetStore: Send + Sync {
     fn store(&self, points: &[(String, i32, i64)]);
@@ -58,6 +70,7 @@ pub async fn claimer(
     pool: PgPool,
     lease: Duration,
     sender: Arc<Sender>,
+    held: Held,
     mut rx: mpsc::Receiver<ToClaim>,
     done: mpsc::Sender<Done>,
 ) {
@@ -78,6 +91,7 @@ pub async fn claimer(
                     let ticket = work.ticket;
                     match result {
                         ClaimResult::Claimed(bill) => {
+                            held.lock().unwrap_or_else(|p| p.into_inner()).insert(bill.id, bill.token);
                             let sender = sender.clone();
                             let done = done.clone();
                             tasks.spawn(async move {
@@ -140,8 +154,8 @@ pub async fn writer(
     mut rx: mpsc::Receiver<Done>,
     tracker: Arc<Mutex<OffsetTracker>>,
     store: Arc<dyn OffsetStore>,
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
+    held: Held,
+    capacity: Capacity,
 ) {
     let mut buf: Vec<Done> = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut buf, BATCH).await > 0 {
@@ -153,8 +167,19 @@ pub async fn writer(
             })
             .collect();
         let written = write_with_retry(&pool, &topics, &batch).await;
-        for (f, w) in batch.iter().zip(&written) {
-            count(f, *w);
+        {
+            let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+            for (f, w) in batch.iter().zip(&written) {
+                count(f, *w);
+                if let Outcome::Sent { attempt }
+                | Outcome::Failed { attempt, .. }
+                | Outcome::Undecryptable { attempt, .. } = &f.outcome
+                {
+                    if h.get(&attempt.bill_id) == Some(&attempt.token) {
+                        h.remove(&attempt.bill_id);
+                    }
+                }
+            }
         }
         // Durable: now, and only now, the offsets may move past these records. One point per
         // partition (the latest): a partition listed twice would store an invalid offset.
@@ -177,7 +202,9 @@ pub async fn writer(
             store.store(&points);
         }
         buf.clear(); // releases the permits: intake may take more records
-        let in_flight = max_in_flight.saturating_sub(permits.available_permits());
+        let in_flight = capacity
+            .max
+            .saturating_sub(capacity.permits.available_permits());
         metrics::gauge!(crate::metrics::IN_FLIGHT).set(in_flight as f64);
     }
 }

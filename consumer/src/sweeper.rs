@@ -150,6 +150,60 @@ async fn sweep_batch(
     Ok(rows.len())
 }
 
+/// Returns bills this process claimed but did not finish (shutdown out of grace) to PENDING
+/// with a new outbox row, fenced by their claim tokens. Returns how many were handed back.
+pub async fn hand_back(
+    pool: &PgPool,
+    topics: &Topics,
+    leases: &[(Uuid, Uuid)],
+) -> anyhow::Result<usize> {
+    if leases.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = leases.iter().map(|l| l.0).collect();
+    let tokens: Vec<Uuid> = leases.iter().map(|l| l.1).collect();
+    let mut tx = pool.begin().await?;
+    let rows: Vec<Expired> = sqlx::query_as(
+        "WITH old AS (
+             SELECT b.id, b.updated_at FROM bills b
+             JOIN UNNEST($1::uuid[], $2::uuid[]) AS r(id, token) ON b.id = r.id AND b.claim_token = r.token
+             WHERE b.status = 'SENDING'
+             FOR UPDATE OF b
+         )
+         UPDATE bills b
+         SET status = 'PENDING', claim_token = NULL, lease_until = NULL, updated_at = now()
+         FROM old
+         WHERE b.id = old.id
+         RETURNING b.id, b.channel, b.attempts, b.lease_expiries, b.replay_count, b.traceparent,
+                   b.last_error, old.updated_at",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut history = History::default();
+    let mut events = Vec::new();
+    for row in &rows {
+        let channel: Channel = row.channel.parse().map_err(anyhow::Error::msg)?;
+        let attempt = Attempt {
+            bill_id: row.id,
+            token: Uuid::nil(),
+            channel,
+            attempts: row.attempts,
+            replay_count: row.replay_count,
+            traceparent: row.traceparent.clone(),
+            previous_error: row.last_error.clone(),
+            started_at: row.updated_at,
+        };
+        history.push(&attempt, "EXPIRED", Some("handed back at shutdown"));
+        events.push(request(topics, &attempt, channel));
+    }
+    history.insert(&mut tx).await?;
+    outbox::insert(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
 fn request(topics: &Topics, attempt: &Attempt, channel: Channel) -> NewOutboxEvent {
     let ty = match channel {
         Channel::Email => event_type::EMAIL_REQUESTED,

@@ -347,3 +347,53 @@ async fn poison_records_go_to_the_dead_letter_topic_without_stopping_the_partiti
     assert_eq!(status(&pool, broken).await.0, "DEAD");
     assert_eq!(sim.stats().email.requests, 1, "only the good bill was sent");
 }
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_shutdown_that_runs_out_of_grace_hands_unfinished_bills_back(pool: PgPool) {
+    let topics = topics();
+    let cluster = broker(&topics, 1);
+    let brokers = cluster.bootstrap_servers();
+    let sim = provider(30_000).await;
+    let relay = relay(&pool, &brokers);
+    for i in 0..5 {
+        enqueue(
+            &pool,
+            &topics,
+            "Kim",
+            &format!("kim{i}@example.kr"),
+            "+821012345678",
+        )
+        .await;
+    }
+    let extra = ["--shutdown-grace-secs", "1"];
+    let consumer = start(settings(&brokers, &topics, &sim, "grace", &extra), &pool).await;
+    eventually(60, "bills in flight", || async {
+        count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENDING'").await == 5
+    })
+    .await;
+
+    consumer.stop().await;
+    relay.abort();
+
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM bills WHERE status = 'PENDING' AND claim_token IS NULL"
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM delivery_attempts WHERE outcome = 'EXPIRED' AND error = 'handed back at shutdown'").await,
+        5
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE type = 'bill.email_requested'"
+        )
+        .await,
+        10,
+        "each handed-back bill is requested again through the outbox"
+    );
+}

@@ -84,33 +84,27 @@ pub fn settings(
     let spec = keyring_spec();
     let email_url = sim.email_url();
     let sms_url = sim.sms_url();
-    let mut args: Vec<&str> = vec![
-        "billing-consumer",
-        "--kafka-brokers",
-        brokers,
-        "--topic-email",
-        &topics.email,
-        "--topic-sms",
-        &topics.sms,
-        "--topic-dlt",
-        &topics.dlt,
-        "--encryption-keys",
-        &spec,
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--group",
-        group,
-        "--email-provider-url",
-        &email_url,
-        "--sms-provider-url",
-        &sms_url,
-        "--sweep-interval-secs",
-        "1",
-        "--shutdown-grace-secs",
-        "10",
-        "--email-max-retries",
-        "1",
+    let defaults: Vec<(&str, &str)> = vec![
+        ("--kafka-brokers", brokers),
+        ("--topic-email", &topics.email),
+        ("--topic-sms", &topics.sms),
+        ("--topic-dlt", &topics.dlt),
+        ("--encryption-keys", &spec),
+        ("--admin-addr", "127.0.0.1:0"),
+        ("--group", group),
+        ("--email-provider-url", &email_url),
+        ("--sms-provider-url", &sms_url),
+        ("--sweep-interval-secs", "1"),
+        ("--shutdown-grace-secs", "10"),
+        ("--email-max-retries", "1"),
     ];
+    let mut args: Vec<&str> = vec!["billing-consumer"];
+    // a flag in `extra` replaces its default
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     Cli::try_parse_from(args).expect("settings").settings
 }
