@@ -8,6 +8,7 @@ use crate::claim::ClaimRequest;
 use crate::offsets::OffsetTracker;
 use crate::outcome::{reason, Outcome};
 use crate::pipeline::{Done, OffsetStore, Ticket, ToClaim};
+use crate::send::rate_limit::SendLimits;
 use anyhow::Context;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -94,17 +95,29 @@ pub async fn subscribe(
     Ok(Arc::new(consumer))
 }
 
+/// The reading end of the pipeline.
+pub struct Intake {
+    pub consumer: Arc<KafkaConsumer>,
+    pub topics: Topics,
+    pub tracker: Arc<Mutex<OffsetTracker>>,
+    pub permits: Arc<Semaphore>,
+    pub limits: Arc<SendLimits>,
+    pub claim_tx: mpsc::Sender<ToClaim>,
+    pub done_tx: mpsc::Sender<Done>,
+}
+
 /// Reads records until `cancel` fires, dispatching each to the claimer (or, if it is poison,
 /// straight to the writer).
-pub async fn run(
-    consumer: Arc<KafkaConsumer>,
-    topics: Topics,
-    tracker: Arc<Mutex<OffsetTracker>>,
-    permits: Arc<Semaphore>,
-    claim_tx: mpsc::Sender<ToClaim>,
-    done_tx: mpsc::Sender<Done>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(intake: Intake, cancel: CancellationToken) -> anyhow::Result<()> {
+    let Intake {
+        consumer,
+        topics,
+        tracker,
+        permits,
+        limits,
+        claim_tx,
+        done_tx,
+    } = intake;
     loop {
         let permit = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
@@ -138,6 +151,20 @@ pub async fn run(
             permit,
         };
         match parse(msg.payload(), msg.key(), &ticket.source.topic, &topics) {
+            Ok(request) if limits.channel(request.channel).is_limited() => {
+                // Wait for the send's token before claiming, off the intake loop (records
+                // finish in any order anyway). Cancelled: the record is dropped unclaimed, its
+                // offset is not stored, and it is read again after a restart.
+                let (limits, claim_tx, cancel) = (limits.clone(), claim_tx.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = limits.channel(request.channel).until_ready() => {
+                            let _ = claim_tx.send(ToClaim { ticket, request }).await;
+                        }
+                    }
+                });
+            }
             Ok(request) => {
                 if claim_tx.send(ToClaim { ticket, request }).await.is_err() {
                     return Ok(());

@@ -23,7 +23,7 @@ use anyhow::Context;
 use offsets::OffsetTracker;
 use process::Sender;
 use send::http::HttpProvider;
-use send::rate_limit::SendLimiter;
+use send::rate_limit::SendLimits;
 use send::simulated::SimulatedProvider;
 use send::Provider;
 pub use settings::{Cli, Command, Settings};
@@ -62,13 +62,13 @@ pub async fn run_with_pool(
     let keyring = settings.keyring.keyring()?;
     let renderer = render::Renderer::new(settings.template_dir.as_deref())?;
     let (email, sms) = providers(&settings)?;
+    let limits = Arc::new(SendLimits::new(settings.send_rate_per_min));
     let sender = Arc::new(Sender {
         keyring,
         renderer,
         email,
         sms,
-        email_limit: SendLimiter::new(settings.send_rate_per_min),
-        sms_limit: SendLimiter::new(settings.send_rate_per_min),
+        limits: limits.clone(),
         max_retries: settings.email_max_retries,
         backoff: Duration::from_millis(200),
     });
@@ -139,16 +139,16 @@ pub async fn run_with_pool(
     ));
     tracing::info!(group = %settings.group, max_in_flight = settings.max_in_flight, "consuming");
 
-    let intake_result = intake::run(
-        consumer.clone(),
-        topics.clone(),
+    let reader = intake::Intake {
+        consumer: consumer.clone(),
+        topics: topics.clone(),
         tracker,
-        permits.clone(),
+        permits: permits.clone(),
+        limits,
         claim_tx,
         done_tx,
-        cancel.clone(),
-    )
-    .await;
+    };
+    let intake_result = intake::run(reader, cancel.clone()).await;
     // Intake returned: no more records. The claimer and writer finish what is in flight and
     // then end, because their inputs close.
     sweep_cancel.cancel();

@@ -5,7 +5,7 @@
 use crate::claim::ClaimedBill;
 use crate::outcome::{Attempt, Outcome};
 use crate::render::{BillView, Renderer};
-use crate::send::rate_limit::SendLimiter;
+use crate::send::rate_limit::SendLimits;
 use crate::send::{Message, Provider, SendError};
 use chrono::Utc;
 use shared::crypto::Keyring;
@@ -19,8 +19,8 @@ pub struct Sender {
     pub renderer: Renderer,
     pub email: Arc<dyn Provider>,
     pub sms: Arc<dyn Provider>,
-    pub email_limit: SendLimiter,
-    pub sms_limit: SendLimiter,
+    /// Shared with intake, which takes each record's first token before the claim.
+    pub limits: Arc<SendLimits>,
     /// Retries of a transient error before the channel counts as failed.
     pub max_retries: u32,
     /// First retry delay; doubles per retry.
@@ -91,14 +91,17 @@ impl Sender {
 
     async fn send_with_retries(&self, message: &Message, key: &str) -> Result<(), String> {
         let channel = message.channel();
-        let (provider, limiter) = match channel {
-            Channel::Email => (&self.email, &self.email_limit),
-            Channel::Sms => (&self.sms, &self.sms_limit),
+        let provider = match channel {
+            Channel::Email => &self.email,
+            Channel::Sms => &self.sms,
         };
         let mut tries = 0;
         loop {
             tries += 1;
-            limiter.until_ready().await;
+            if tries > 1 {
+                // the first try's token was taken before the claim
+                self.limits.channel(channel).until_ready().await;
+            }
             let started = Instant::now();
             let result = provider.send(message, key).await;
             metrics::histogram!(crate::metrics::PROVIDER_LATENCY, "channel" => channel.as_str())

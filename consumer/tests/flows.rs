@@ -397,3 +397,43 @@ async fn a_shutdown_that_runs_out_of_grace_hands_unfinished_bills_back(pool: PgP
         "each handed-back bill is requested again through the outbox"
     );
 }
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn sends_never_exceed_the_configured_rate_per_channel(pool: PgPool) {
+    let topics = topics();
+    let cluster = broker(&topics, 2);
+    let brokers = cluster.bootstrap_servers();
+    let sim = provider(5).await;
+    let relay = relay(&pool, &brokers);
+    for i in 0..40 {
+        enqueue(
+            &pool,
+            &topics,
+            "Kim",
+            &format!("kim{i}@example.kr"),
+            "+821012345678",
+        )
+        .await;
+    }
+    // 1,200 a minute: one send per 50 ms at most.
+    let extra = ["--send-rate-per-min", "1200"];
+    let consumer = start(settings(&brokers, &topics, &sim, "rate", &extra), &pool).await;
+    eventually(60, "every bill SENT", || async {
+        count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENT'").await == 40
+    })
+    .await;
+    consumer.stop().await;
+    relay.abort();
+
+    let mut times: Vec<_> = sim.deliveries().into_iter().map(|d| d.at).collect();
+    times.sort();
+    assert_eq!(times.len(), 40);
+    // Any one-second window holds at most 20 sends (+1 for scheduling noise at the provider).
+    for (i, start) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|t| **t - *start < chrono::Duration::seconds(1))
+            .count();
+        assert!(in_window <= 21, "{in_window} sends within one second");
+    }
+}

@@ -1,6 +1,10 @@
 //! `SEND_RATE_PER_MIN`: a ceiling on provider calls per channel across the process. The
 //! limiter allows no burst (one call per `60 s / rate`), so no sliding minute ever sees more
 //! than the configured number of calls.
+//!
+//! A record takes its first token *before* its bill is claimed (see [`crate::intake`]): a bill
+//! waiting for the limiter must not sit in `SENDING` with a running lease, or the sweeper would
+//! hand it back while it waits. Retries take further tokens.
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
@@ -28,6 +32,36 @@ impl SendLimiter {
         if let Some(l) = &self.limiter {
             l.until_ready().await;
         }
+    }
+}
+
+/// The limiter of each channel.
+#[derive(Debug, Default)]
+pub struct SendLimits {
+    pub email: SendLimiter,
+    pub sms: SendLimiter,
+}
+
+impl SendLimits {
+    pub fn new(per_minute: Option<u32>) -> Self {
+        Self {
+            email: SendLimiter::new(per_minute),
+            sms: SendLimiter::new(per_minute),
+        }
+    }
+
+    pub fn channel(&self, channel: shared::domain::Channel) -> &SendLimiter {
+        match channel {
+            shared::domain::Channel::Email => &self.email,
+            shared::domain::Channel::Sms => &self.sms,
+        }
+    }
+}
+
+impl SendLimiter {
+    /// True when a ceiling is configured.
+    pub fn is_limited(&self) -> bool {
+        self.limiter.is_some()
     }
 }
 
