@@ -437,3 +437,46 @@ async fn sends_never_exceed_the_configured_rate_per_channel(pool: PgPool) {
         assert!(in_window <= 21, "{in_window} sends within one second");
     }
 }
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn two_consumers_rebalancing_mid_work_send_each_bill_once(pool: PgPool) {
+    let topics = topics();
+    let cluster = broker(&topics, 4);
+    let brokers = cluster.bootstrap_servers();
+    let sim = provider(200).await;
+    let relay = relay(&pool, &brokers);
+    for i in 0..200 {
+        enqueue(
+            &pool,
+            &topics,
+            "Kim",
+            &format!("kim{i}@example.kr"),
+            "+821012345678",
+        )
+        .await;
+    }
+    let extra = ["--max-in-flight", "10"];
+    let first = start(settings(&brokers, &topics, &sim, "pair", &extra), &pool).await;
+    eventually(60, "some bills sent", || async {
+        count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENT'").await >= 20
+    })
+    .await;
+
+    // A second member joins: partitions move while bills are in flight.
+    let second = start(settings(&brokers, &topics, &sim, "pair", &extra), &pool).await;
+    eventually(120, "every bill SENT", || async {
+        count(&pool, "SELECT count(*) FROM bills WHERE status = 'SENT'").await == 200
+    })
+    .await;
+    first.stop().await;
+    second.stop().await;
+    relay.abort();
+
+    let stats = sim.stats();
+    assert_eq!(stats.email.delivered, 200);
+    assert_eq!(stats.email.duplicates, 0, "no bill was sent twice");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM delivery_attempts").await,
+        200
+    );
+}
