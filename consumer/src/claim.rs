@@ -72,6 +72,7 @@ pub enum ClaimResult {
 
 /// Claims every request it can with one statement and loads the claimed bills with their items.
 /// Results are in request order. Two requests for the same bill claim it at most once.
+#[tracing::instrument(level = "debug", skip_all, fields(batch = requests.len()))]
 pub async fn claim_batch(
     pool: &PgPool,
     requests: &[ClaimRequest],

@@ -38,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 /// Connects to Postgres (migrating first with `--migrate`) and runs until `cancel` fires.
 pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
     settings.validate()?;
+    // Configuration errors first, before waiting on Postgres.
+    settings.keyring.keyring()?;
     let pool = shared::db::connect(&settings.database).await?;
     if settings.migrate {
         shared::db::migrate(&pool).await?;

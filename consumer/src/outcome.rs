@@ -92,6 +92,7 @@ pub enum Written {
 }
 
 /// Writes a batch of outcomes in one transaction; results are in input order.
+#[tracing::instrument(level = "debug", skip_all, fields(batch = batch.len()))]
 pub async fn write_batch(
     pool: &PgPool,
     topics: &Topics,

@@ -29,6 +29,7 @@ pub struct Sender {
 
 impl Sender {
     /// Delivers one claimed bill on its channel and returns the outcome to record.
+    #[tracing::instrument(level = "debug", skip_all, fields(bill.id = %bill.id, channel = %bill.channel))]
     pub async fn process(&self, bill: &ClaimedBill) -> Outcome {
         let attempt = Attempt::of(bill, Utc::now());
         let decrypt = |field: &str, ct: &str| {

@@ -40,6 +40,7 @@ struct Expired {
 }
 
 /// Sweeps every expired lease, in batches, until none is left.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn sweep_once(
     pool: &PgPool,
     topics: &Topics,
@@ -152,6 +153,7 @@ async fn sweep_batch(
 
 /// Returns bills this process claimed but did not finish (shutdown out of grace) to PENDING
 /// with a new outbox row, fenced by their claim tokens. Returns how many were handed back.
+#[tracing::instrument(level = "debug", skip_all, fields(leases = leases.len()))]
 pub async fn hand_back(
     pool: &PgPool,
     topics: &Topics,
