@@ -16,7 +16,7 @@ pub struct DatabaseArgs {
     /// Postgres connection URL.
     #[arg(long = "database-url", env = "DATABASE_URL",
           default_value = "postgres://postgres@127.0.0.1:5432/billing", value_parser = secret,
-          hide_default_value = false)]
+          hide_default_value = false, hide_env_values = true)]
     pub database_url: SecretString,
     /// Maximum connections in the pool.
     #[arg(
