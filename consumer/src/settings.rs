@@ -149,6 +149,16 @@ impl Settings {
                 "provider URLs must start with http:// or https:// (got {url})"
             );
         }
+        // A lease shorter than the longest send makes the sweeper hand back bills that are
+        // still being sent: harmless (the idempotency key holds) but wasteful.
+        let longest_send_ms = self.provider_timeout_ms * (u64::from(self.email_max_retries) + 1);
+        if self.lease_secs * 1000 <= longest_send_ms {
+            tracing::warn!(
+                lease_secs = self.lease_secs,
+                longest_send_ms,
+                "LEASE_SECS is not longer than PROVIDER_TIMEOUT_MS x (EMAIL_MAX_RETRIES + 1); raise it"
+            );
+        }
         Ok(())
     }
 
