@@ -37,6 +37,7 @@ SELECT o.id, o.seq, o.aggregateid, o.topic, o.payload::text AS payload, o.header
        o.created_at, o.publish_attempts
   FROM outbox o
  WHERE o.published_at IS NULL
+   AND o.seq >= $2
    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
    AND NOT EXISTS (SELECT 1 FROM outbox e
                     WHERE e.aggregateid = o.aggregateid
@@ -46,10 +47,16 @@ SELECT o.id, o.seq, o.aggregateid, o.topic, o.payload::text AS payload, o.header
  LIMIT $1
    FOR UPDATE OF o SKIP LOCKED";
 
-/// Locks up to `limit` publishable rows, oldest first, skipping rows other relays hold.
-pub async fn claim(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+/// Locks up to `limit` publishable rows from `seq` `low_water` on, oldest first, skipping rows
+/// other relays hold. See [`crate::low_water`] for the bound.
+pub async fn claim(
+    conn: &mut PgConnection,
+    limit: i64,
+    low_water: i64,
+) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as::<_, OutboxRow>(CLAIM)
         .bind(limit)
+        .bind(low_water)
         .fetch_all(conn)
         .await
 }

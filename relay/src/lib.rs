@@ -4,11 +4,13 @@
 //!
 //! - `claim`: the SQL (claim with `FOR UPDATE SKIP LOCKED`, mark published, record failures)
 //! - `publish`: the producer, sending a batch and classifying errors
+//! - `low_water`: where claims start scanning
 //! - `worker`: one claim loop; `wake`: LISTEN/NOTIFY; `retention`: deleting old rows
 //! - `metrics`, `settings`, `backoff`
 
 pub mod backoff;
 pub mod claim;
+pub mod low_water;
 pub mod metrics;
 pub mod publish;
 pub mod retention;
@@ -20,7 +22,7 @@ use anyhow::Context;
 use publish::Publisher;
 use shared::ops::ReadyCheck;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -89,6 +91,8 @@ pub(crate) struct Shared {
     options: RelayOptions,
     publisher: Arc<Publisher>,
     stats: Arc<RelayStats>,
+    /// The claims' lower bound on `seq`, kept by [`low_water::run`].
+    low_water: Arc<AtomicI64>,
 }
 
 /// A relay on a pool: build it, then [`Relay::run`] it until a token is cancelled.
@@ -102,12 +106,14 @@ impl Relay {
         let config = publish::producer_config(&options.brokers, options.message_timeout);
         let publisher = Arc::new(Publisher::new(config).await?);
         let stats = Arc::new(RelayStats::default());
+        let low_water = Arc::new(AtomicI64::new(0));
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
                 options,
                 publisher,
                 stats,
+                low_water,
             }),
         })
     }
@@ -149,6 +155,11 @@ impl Relay {
         tasks.spawn(wake::listen(
             shared.pool.clone(),
             wake_tx.clone(),
+            background.clone(),
+        ));
+        tasks.spawn(low_water::run(
+            shared.pool.clone(),
+            shared.low_water.clone(),
             background.clone(),
         ));
         tasks.spawn(metrics::sample_backlog(

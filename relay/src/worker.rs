@@ -90,9 +90,13 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
         .begin()
         .await
         .context("failed to begin the claim transaction")?;
-    let rows = claim::claim(&mut tx, shared.options.batch_size)
-        .await
-        .context("failed to claim outbox rows")?;
+    let rows = claim::claim(
+        &mut tx,
+        shared.options.batch_size,
+        shared.low_water.load(Ordering::Relaxed),
+    )
+    .await
+    .context("failed to claim outbox rows")?;
     if rows.is_empty() {
         tx.rollback()
             .await

@@ -1,0 +1,397 @@
+//! Relay benchmark: how fast `billing-relay` drains an outbox backlog, against the raw
+//! idempotent producer on the same broker in the same run, and the commit-to-publish latency
+//! under a steady load.
+//!
+//! 1. Creates a fresh database (`bench_relay_<pid>`) on the server of `DATABASE_URL`, migrates
+//!    it, writes a backlog of N outbox rows (real `BillEvent` payloads and headers, one bill
+//!    each, written with `shared::outbox::insert` in chunks), `ANALYZE`s it.
+//! 2. Runs the relay in-process until the whole backlog is published: events/s.
+//! 3. Sends N records of the same key, value and headers with the relay's own producer
+//!    configuration (idempotent, `acks=all`) and awaits every report: records/s. Prints the ratio.
+//! 4. Runs a fresh relay while tasks insert rows at a steady rate (each insert its own
+//!    transaction) and prints commit-to-publish latency p50/p99. "Commit" is when the
+//!    writer's COMMIT returned (client clock); "publish" is the row's `published_at`, which the
+//!    relay sets with `clock_timestamp()` once the broker acknowledged the record, just before
+//!    it commits. Both clocks are this machine's.
+//!
+//! The broker is `KAFKA_BROKERS` when set (topics are created with the admin API), otherwise
+//! rdkafka's in-process `MockCluster`.
+//!
+//! Run: `cargo run --release -p bench --bin relay -- --help`.
+
+use anyhow::Context;
+use billing_relay::{Relay, RelayOptions};
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use shared::domain::{BillId, Channel};
+use shared::events::event_type;
+use shared::outbox::NewOutboxEvent;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, PgPool};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "relay",
+    about = "billing-relay throughput vs the raw idempotent producer, and latency"
+)]
+struct Args {
+    /// Server to create the benchmark database on (any database of it).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Kafka bootstrap servers; an in-process MockCluster when unset.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Outbox rows in the backlog (and records sent by the raw producer).
+    #[arg(long, default_value_t = 200_000)]
+    backlog: usize,
+    /// Relay batch size.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: i64,
+    /// Relay claim loops.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Steady load: events per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Steady load: seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Keep the benchmark database afterwards.
+    #[arg(long)]
+    keep_db: bool,
+}
+
+const THROUGHPUT_TARGET: f64 = 10_000.0;
+const RATIO_TARGET: f64 = 0.50;
+const P99_TARGET_MS: f64 = 50.0;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    shared::telemetry::init();
+    // The relay records its metrics as in production.
+    shared::ops::metrics_handle();
+    let server = PgConnectOptions::from_str(&args.database_url)
+        .context("DATABASE_URL is not a Postgres URL")?;
+    let db = format!("bench_relay_{}", std::process::id());
+    let mut admin = server
+        .clone()
+        .connect()
+        .await
+        .context("failed to connect to DATABASE_URL")?;
+    admin
+        .execute(format!("CREATE DATABASE {db}").as_str())
+        .await?;
+    let result = run(&args, &server, &db).await;
+    if args.keep_db {
+        println!("kept database {db}");
+    } else {
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
+            .await?;
+    }
+    result
+}
+
+async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect_with(server.clone().database(db))
+        .await?;
+    shared::MIGRATOR.run(&pool).await?;
+
+    let tag = std::process::id();
+    let (backlog_topic, raw_topic, steady_topic) = (
+        format!("bench.relay.{tag}"),
+        format!("bench.raw.{tag}"),
+        format!("bench.steady.{tag}"),
+    );
+    let topics = [
+        backlog_topic.as_str(),
+        raw_topic.as_str(),
+        steady_topic.as_str(),
+    ];
+    let mock;
+    let (brokers, broker_name) = match &args.kafka_brokers {
+        Some(brokers) => {
+            shared::kafka::ensure_topics(brokers, &topics, args.partitions).await?;
+            (brokers.clone(), format!("Kafka at {brokers}"))
+        }
+        None => {
+            mock = MockCluster::new(1).context("failed to start the mock cluster")?;
+            for t in topics {
+                mock.create_topic(t, args.partitions, 1)?;
+            }
+            (
+                mock.bootstrap_servers(),
+                "rdkafka MockCluster (in-process, 1 broker)".to_owned(),
+            )
+        }
+    };
+    println!(
+        "billing-relay benchmark: {} cores, {broker_name}, {} partitions, batch {} x {} workers",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        args.partitions,
+        args.batch_size,
+        args.workers
+    );
+    let options = RelayOptions {
+        batch_size: args.batch_size,
+        workers: args.workers,
+        ..RelayOptions::new(brokers.clone())
+    };
+
+    // 1. The backlog.
+    let started = Instant::now();
+    write_backlog(&pool, &backlog_topic, args.backlog).await?;
+    pool.execute("ANALYZE outbox").await?;
+    let (key, value, headers) = sample_record(&pool).await?;
+    println!(
+        "backlog: {} rows written in {:.1} s; record: key {} B, value {} B, headers {} B",
+        args.backlog,
+        started.elapsed().as_secs_f64(),
+        key.len(),
+        value.len(),
+        headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+    );
+
+    // 2. The relay drains it.
+    let relay = Relay::new(pool.clone(), options.clone()).await?;
+    let stats = relay.stats();
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(relay.run(cancel.clone()));
+    while stats.published() < args.backlog as u64 {
+        anyhow::ensure!(!task.is_finished(), "the relay stopped early");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let relay_secs = started.elapsed().as_secs_f64();
+    cancel.cancel();
+    task.await??;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(left == 0, "{left} rows left unpublished");
+    let relay_rate = args.backlog as f64 / relay_secs;
+    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "relay:        {:>9.0} events/s  ({} rows in {relay_secs:.2} s, {batches} batches)",
+        relay_rate, args.backlog
+    );
+
+    // 3. The raw producer, same configuration, records and broker.
+    let config = billing_relay::publish::producer_config(&brokers, options.message_timeout);
+    let producer: FutureProducer = shared::kafka::create(config).await?;
+    let raw_secs = raw_produce(&producer, &raw_topic, args.backlog, &key, &value, &headers).await?;
+    let raw_rate = args.backlog as f64 / raw_secs;
+    let ratio = relay_rate / raw_rate;
+    println!(
+        "raw producer: {:>9.0} records/s ({} records in {raw_secs:.2} s, idempotent, acks=all, await all)",
+        raw_rate, args.backlog
+    );
+    println!(
+        "ratio relay/raw: {:.1} %   [targets: >= {:.0} events/s: {}; >= {:.0} % of raw: {}]",
+        ratio * 100.0,
+        THROUGHPUT_TARGET,
+        verdict(relay_rate >= THROUGHPUT_TARGET),
+        RATIO_TARGET * 100.0,
+        verdict(ratio >= RATIO_TARGET)
+    );
+    drop(producer);
+
+    // 4. Steady load.
+    let (p50, p99, max, n) = steady(&pool, options, &steady_topic, args.rate, args.seconds).await?;
+    println!(
+        "steady {} events/s for {} s: commit -> publish latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({n} events)   [target p99 <= {P99_TARGET_MS} ms: {}]",
+        args.rate,
+        args.seconds,
+        verdict(p99 <= P99_TARGET_MS)
+    );
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn event(topic: &str, bill: BillId) -> NewOutboxEvent {
+    NewOutboxEvent::bill(
+        topic,
+        event_type::EMAIL_REQUESTED,
+        bill,
+        Channel::Email,
+        0,
+        0,
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        None,
+    )
+}
+
+async fn write_backlog(pool: &PgPool, topic: &str, n: usize) -> anyhow::Result<()> {
+    const CHUNK: usize = 5000;
+    let mut written = 0;
+    while written < n {
+        let events: Vec<_> = (0..CHUNK.min(n - written))
+            .map(|_| event(topic, BillId::new()))
+            .collect();
+        let mut tx = pool.begin().await?;
+        shared::outbox::insert(&mut tx, &events).await?;
+        tx.commit().await?;
+        written += events.len();
+    }
+    Ok(())
+}
+
+/// Key, value and headers of one backlog row exactly as the relay sends them.
+async fn sample_record(pool: &PgPool) -> anyhow::Result<(String, String, Vec<(String, String)>)> {
+    let (key, value, headers): (String, String, sqlx::types::Json<HashMap<String, String>>) =
+        sqlx::query_as("SELECT aggregateid, payload::text, headers FROM outbox LIMIT 1")
+            .fetch_one(pool)
+            .await?;
+    Ok((key, value, headers.0.into_iter().collect()))
+}
+
+async fn raw_produce(
+    producer: &FutureProducer,
+    topic: &str,
+    n: usize,
+    key: &str,
+    value: &str,
+    headers: &[(String, String)],
+) -> anyhow::Result<f64> {
+    // Distinct keys of the same size, so records spread over partitions like the relay's.
+    let keys: Vec<String> = (0..n).map(|_| Uuid::now_v7().to_string()).collect();
+    assert_eq!(keys[0].len(), key.len());
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(n);
+    for k in &keys {
+        let mut h = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, v) in headers {
+            h = h.insert(Header {
+                key: name,
+                value: Some(v),
+            });
+        }
+        let mut record = FutureRecord::to(topic)
+            .key(k.as_bytes())
+            .payload(value.as_bytes())
+            .headers(h);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break pending.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => anyhow::bail!("raw produce failed: {e}"),
+            }
+        }
+    }
+    for delivery in pending {
+        delivery.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs a relay while `rate` single-row transactions per second are committed for `seconds`;
+/// returns p50, p99 and max commit-to-publish latency (ms) and the number of events.
+async fn steady(
+    pool: &PgPool,
+    options: RelayOptions,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64, f64, usize)> {
+    let relay = Relay::new(pool.clone(), options).await?;
+    let stats = relay.stats();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(relay.run(cancel.clone()));
+    let before = stats.published();
+
+    // Several writers, each on its own schedule slot, so one slow commit does not delay the
+    // others and the offered rate stays steady.
+    const WRITERS: u64 = 8;
+    let total = rate * seconds;
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let pool = pool.clone();
+        let topic = topic.to_owned();
+        writers.push(tokio::spawn(async move {
+            let mut committed: Vec<(Uuid, DateTime<Utc>)> = Vec::new();
+            let mut i = w;
+            while i < total {
+                tokio::time::sleep_until(start + period * i as u32).await;
+                let e = event(&topic, BillId::new());
+                let mut tx = pool.begin().await?;
+                shared::outbox::insert(&mut tx, std::slice::from_ref(&e)).await?;
+                tx.commit().await?;
+                committed.push((e.id.0, Utc::now()));
+                i += WRITERS;
+            }
+            anyhow::Ok(committed)
+        }));
+    }
+    let mut committed = HashMap::new();
+    for w in writers {
+        committed.extend(w.await??);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stats.published() - before < total {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "steady-load rows not all published"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    task.await??;
+
+    let published: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, published_at FROM outbox WHERE topic = $1 AND published_at IS NOT NULL",
+    )
+    .bind(topic)
+    .fetch_all(pool)
+    .await?;
+    let mut ms: Vec<f64> = published
+        .iter()
+        .filter_map(|(id, at)| {
+            committed
+                .get(id)
+                .map(|c| (*at - *c).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+        })
+        .collect();
+    let n = ms.len();
+    anyhow::ensure!(n as u64 == total, "expected {total} latencies, got {n}");
+    let p50 = bench::median(&mut ms);
+    let p99 = bench::quantile(&mut ms, 0.99);
+    let max = bench::quantile(&mut ms, 1.0);
+    Ok((p50, p99, max, n))
+}

@@ -1,0 +1,72 @@
+//! The claim's lower bound on `seq`. Published rows stay in the outbox (until retention) and
+//! their dead entries stay in the unpublished-rows index (until vacuum); with planner
+//! statistics from before a backlog drained, Postgres may even walk the whole `seq` index.
+//! Either way a claim that starts from the first row would scan every row published before
+//! it, which makes draining a large backlog quadratic. So claims start at a low-water mark:
+//! the smallest unpublished `seq`, minus a margin.
+//!
+//! The mark only bounds the scan; ordering never depends on it (the claim's `NOT EXISTS`
+//! looks at every earlier row of the bill). A row whose writer committed late, with a `seq`
+//! below the mark (a transaction that stayed open while more than `MARGIN` later rows were
+//! written and published), is found by the next full refresh, which recomputes the mark from
+//! scratch: nothing is left behind, it is only published up to `FULL_EVERY` later.
+
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How far below the smallest unpublished `seq` claims start, for writers that commit out of
+/// `seq` order.
+pub const MARGIN: i64 = 1000;
+/// How often the mark is recomputed from the start of the table.
+pub const FULL_EVERY: Duration = Duration::from_secs(10);
+/// How often it is advanced from its current value.
+pub const STEP_EVERY: Duration = Duration::from_millis(100);
+
+/// The smallest unpublished `seq` at or above `from`, or one past the largest `seq` when no row
+/// is unpublished.
+pub async fn smallest_unpublished(pool: &PgPool, from: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(
+             (SELECT min(seq) FROM outbox WHERE published_at IS NULL AND seq >= $1),
+             (SELECT max(seq) + 1 FROM outbox WHERE seq >= $1),
+             $1)",
+    )
+    .bind(from)
+    .fetch_one(pool)
+    .await
+}
+
+/// Keeps `mark` up to date until `cancel` fires.
+pub async fn run(pool: PgPool, mark: Arc<AtomicI64>, cancel: CancellationToken) {
+    let mut last_full: Option<Instant> = None;
+    loop {
+        let full = last_full.is_none_or(|at| at.elapsed() >= FULL_EVERY);
+        let from = if full {
+            0
+        } else {
+            mark.load(Ordering::Relaxed)
+        };
+        match smallest_unpublished(&pool, from).await {
+            Ok(smallest) => {
+                let next = (smallest - MARGIN).max(0);
+                if full {
+                    mark.store(next, Ordering::Relaxed);
+                    last_full = Some(Instant::now());
+                } else {
+                    mark.fetch_max(next, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "low-water refresh failed");
+                crate::metrics::error("database", 1);
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(STEP_EVERY) => {}
+        }
+    }
+}
