@@ -48,35 +48,45 @@ where
                 ApiError::bad_request("the request body could not be read")
             }
         })?;
-        // Syntax first (400), then shape (422): a wrong type is the caller's data, not bytes.
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        // One pass straight into `T` (no intermediate tree). On failure, syntax wins (400)
+        // over shape (422): a shape error may come before a syntax error further on.
+        let malformed = |e: &serde_json::Error| {
             // serde_json's syntax messages name a position, never the offending text.
             ApiError::MalformedJson(format!(
                 "{} at line {} column {}",
-                kind(&e),
+                kind(e),
                 e.line(),
                 e.column()
             ))
-        })?;
-        serde_json::from_value(value).map(ApiJson).map_err(|e| {
-            // Data errors can quote the rejected value; say only what was expected.
-            let msg = e.to_string();
-            // Field-name errors quote only the schema's (or the caller's) field names.
-            let names_fields = msg.starts_with("unknown field") || msg.starts_with("missing field");
-            let expected = if names_fields {
-                Some(msg.split(" at line ").next().unwrap_or(&msg).to_owned())
-            } else {
-                msg.split("expected ")
-                    .nth(1)
-                    .map(|s| format!("expected {s}"))
-            };
-            ApiError::Validation(vec![FieldError {
-                field: String::new(),
-                pointer: String::new(),
-                index: None,
-                message: expected.unwrap_or_else(|| "the body has the wrong shape".into()),
-            }])
-        })
+        };
+        serde_json::from_slice::<T>(&bytes)
+            .map(ApiJson)
+            .map_err(|e| {
+                if !e.is_data() {
+                    return malformed(&e);
+                }
+                if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                    return malformed(&syntax);
+                }
+                // Data errors can quote the rejected value; say only what was expected.
+                let msg = e.to_string();
+                // Field-name errors quote only the schema's (or the caller's) field names.
+                let names_fields =
+                    msg.starts_with("unknown field") || msg.starts_with("missing field");
+                let expected = if names_fields {
+                    Some(msg.split(" at line ").next().unwrap_or(&msg).to_owned())
+                } else {
+                    msg.split("expected ")
+                        .nth(1)
+                        .map(|s| format!("expected {s}"))
+                };
+                ApiError::Validation(vec![FieldError {
+                    field: String::new(),
+                    pointer: String::new(),
+                    index: None,
+                    message: expected.unwrap_or_else(|| "the body has the wrong shape".into()),
+                }])
+            })
     }
 }
 

@@ -14,54 +14,93 @@ pub const MAX_ITEMS: usize = 100;
 pub const MAX_ITEM_NAME_CHARS: usize = 200;
 pub const MAX_EXTERNAL_ID_CHARS: usize = 200;
 
-/// Where a value sits in the request, as a dotted path and as a JSON Pointer.
-#[derive(Debug, Clone, Default)]
-pub struct Loc {
-    field: String,
-    pointer: String,
+/// One step of a path: an object key or an array index.
+#[derive(Debug, Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Where a value sits in the request. A chain of borrowed steps, so building one costs nothing;
+/// the dotted path and JSON Pointer are only rendered when an error is reported.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Loc<'a> {
+    parent: Option<&'a Loc<'a>>,
+    seg: Option<Seg<'a>>,
+    /// The batch item this location belongs to.
     index: Option<usize>,
 }
 
-impl Loc {
+static BILLS: Loc<'static> = Loc {
+    parent: None,
+    seg: Some(Seg::Key("bills")),
+    index: None,
+};
+
+impl<'a> Loc<'a> {
     /// The root of a single-bill request.
     pub fn root() -> Self {
         Self::default()
     }
 
     /// The root of batch item `index` (`bills[index]`).
-    pub fn batch_item(index: usize) -> Self {
-        Self {
-            field: format!("bills[{index}]"),
-            pointer: format!("/bills/{index}"),
+    pub fn batch_item(index: usize) -> Loc<'static> {
+        Loc {
+            parent: Some(&BILLS),
+            seg: Some(Seg::Index(index)),
             index: Some(index),
         }
     }
 
-    pub fn key(&self, key: &str) -> Self {
-        let field = if self.field.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.field)
-        };
-        Self {
-            field,
-            pointer: format!("{}/{key}", self.pointer),
+    pub fn key<'b>(&'b self, key: &'b str) -> Loc<'b> {
+        Loc {
+            parent: Some(self),
+            seg: Some(Seg::Key(key)),
             index: self.index,
         }
     }
 
-    pub fn at(&self, i: usize) -> Self {
-        Self {
-            field: format!("{}[{i}]", self.field),
-            pointer: format!("{}/{i}", self.pointer),
+    pub fn at<'b>(&'b self, i: usize) -> Loc<'b> {
+        Loc {
+            parent: Some(self),
+            seg: Some(Seg::Index(i)),
             index: self.index,
         }
+    }
+
+    fn segments(&self) -> Vec<Seg<'a>> {
+        let mut segs = Vec::new();
+        let mut cur = Some(self);
+        while let Some(loc) = cur {
+            segs.extend(loc.seg);
+            cur = loc.parent;
+        }
+        segs.reverse();
+        segs
     }
 
     pub fn error(&self, message: impl Into<String>) -> FieldError {
+        let mut field = String::new();
+        let mut pointer = String::new();
+        for seg in self.segments() {
+            match seg {
+                Seg::Key(k) => {
+                    if !field.is_empty() {
+                        field.push('.');
+                    }
+                    field.push_str(k);
+                    pointer.push('/');
+                    pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                }
+                Seg::Index(i) => {
+                    field.push_str(&format!("[{i}]"));
+                    pointer.push_str(&format!("/{i}"));
+                }
+            }
+        }
         FieldError {
-            field: self.field.clone(),
-            pointer: self.pointer.clone(),
+            field,
+            pointer,
             index: self.index,
             message: message.into(),
         }
@@ -302,7 +341,7 @@ fn string_field<'a>(
 
 fn domain<T>(
     parsed: Result<T, shared::domain::ValidationError>,
-    loc: &Loc,
+    loc: &Loc<'_>,
     errors: &mut Vec<FieldError>,
 ) -> Option<T> {
     parsed.map_err(|e| errors.push(loc.error(e.0))).ok()
