@@ -236,7 +236,44 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
         verdict(batch >= BATCH_TARGET)
     );
     println!("  batch vs pgbench single-bill tps: {:.1}x", batch / tps);
+    let (validate_us, prepare_us) = app_cost_per_bill(&keyring, args.batch_size);
+    println!(
+        "  API CPU per bill outside Postgres (one core): validate {validate_us:.1} us, encrypt + build rows {prepare_us:.1} us"
+    );
     Ok(())
+}
+
+/// Time spent per bill in validation and in encryption plus row building, measured in-process
+/// over a batch: the part of a batch's cost that is ours rather than Postgres's.
+fn app_cost_per_bill(keyring: &Keyring, n: usize) -> (f64, f64) {
+    let bills: Vec<Value> = (0..n).map(bill).collect();
+    let (mut validate, mut prepare) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let mut errors = Vec::new();
+        let valid: Vec<_> = bills
+            .iter()
+            .filter_map(|b| parse_bill(b, &Loc::root(), &mut errors))
+            .collect();
+        let t1 = Instant::now();
+        let rows: Vec<_> = valid
+            .iter()
+            .map(|b| {
+                PreparedBill::new(
+                    b,
+                    None,
+                    keyring,
+                    "bills.email",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )
+            })
+            .collect();
+        let t2 = Instant::now();
+        std::hint::black_box(rows);
+        validate.push((t1 - t0).as_secs_f64() * 1e6 / n as f64);
+        prepare.push((t2 - t1).as_secs_f64() * 1e6 / n as f64);
+    }
+    (bench::median(&mut validate), bench::median(&mut prepare))
 }
 
 fn verdict(ok: bool) -> &'static str {
