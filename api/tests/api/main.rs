@@ -4,6 +4,7 @@
 mod admin;
 mod batch;
 mod create;
+mod fuzz;
 mod helpers;
 mod openapi;
 mod ops;

@@ -184,3 +184,24 @@ async fn the_application_refuses_to_start_without_a_keyring() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn a_request_that_outlives_the_timeout_is_a_503_problem() {
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/billing")
+        .expect("a lazy pool never connects up front");
+    let state = AppState::new(pool, keyring(), Topics::default(), None, 3);
+    let config = billing_api::startup::RouterConfig {
+        request_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let app = billing_api::startup::router_with(state, config);
+    let answer = send(&app, get("/v1/stats")).await;
+    answer.problem(503);
+    assert!(
+        answer.body["type"].as_str().unwrap().ends_with("/timeout"),
+        "{}",
+        answer.raw
+    );
+}
