@@ -63,7 +63,10 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> a
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Bounded: a broker without CreateTopics (librdkafka's mock cluster) must not hang start-up.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&new, &opts)
         .await

@@ -13,9 +13,11 @@ async fn a_record_round_trips_through_the_broker_with_the_idempotent_producer() 
     let mock;
     let brokers = match std::env::var("KAFKA_BROKERS") {
         Ok(b) => {
-            shared::kafka::ensure_topics(&b, &[&topic], 3)
-                .await
-                .unwrap();
+            // librdkafka's mock cluster (the local environment's default broker) answers no
+            // CreateTopics; it creates a topic on first use instead.
+            if let Err(e) = shared::kafka::ensure_topics(&b, &[&topic], 3).await {
+                eprintln!("CreateTopics unavailable ({e:#}); relying on auto-creation");
+            }
             b
         }
         Err(_) => {
