@@ -157,6 +157,10 @@ impl Relay {
             wake_tx.clone(),
             background.clone(),
         ));
+        if let Err(e) = low_water::refresh_full(&shared.pool, &shared.low_water).await {
+            // Claims then start from the first row until the next refresh: slower, not wrong.
+            tracing::warn!(error = %e, "could not compute where claims start");
+        }
         tasks.spawn(low_water::run(
             shared.pool.clone(),
             shared.low_water.clone(),

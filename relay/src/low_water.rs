@@ -39,11 +39,19 @@ pub async fn smallest_unpublished(pool: &PgPool, from: i64) -> sqlx::Result<i64>
     .await
 }
 
+/// Recomputes `mark` from the start of the table. The relay does this once before its first
+/// claim, so that a restart does not begin by scanning every published row.
+pub async fn refresh_full(pool: &PgPool, mark: &AtomicI64) -> sqlx::Result<()> {
+    let smallest = smallest_unpublished(pool, 0).await?;
+    mark.store((smallest - MARGIN).max(0), Ordering::Relaxed);
+    Ok(())
+}
+
 /// Keeps `mark` up to date until `cancel` fires.
 pub async fn run(pool: PgPool, mark: Arc<AtomicI64>, cancel: CancellationToken) {
-    let mut last_full: Option<Instant> = None;
+    let mut last_full = Instant::now();
     loop {
-        let full = last_full.is_none_or(|at| at.elapsed() >= FULL_EVERY);
+        let full = last_full.elapsed() >= FULL_EVERY;
         let from = if full {
             0
         } else {
@@ -54,7 +62,7 @@ pub async fn run(pool: PgPool, mark: Arc<AtomicI64>, cancel: CancellationToken) 
                 let next = (smallest - MARGIN).max(0);
                 if full {
                     mark.store(next, Ordering::Relaxed);
-                    last_full = Some(Instant::now());
+                    last_full = Instant::now();
                 } else {
                     mark.fetch_max(next, Ordering::Relaxed);
                 }

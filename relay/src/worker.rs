@@ -106,8 +106,10 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
     shared.stats.in_flight.fetch_add(1, Ordering::SeqCst);
     let _in_flight = InFlight(&shared.stats.in_flight);
 
+    let claimed_at = Instant::now();
     let producer = shared.publisher.producer().await;
     let results = publish::send_all(&producer, &rows).await;
+    let delivered_at = Instant::now();
 
     let mut outcome = BatchOutcome {
         claimed: rows.len(),
@@ -146,7 +148,16 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
     let attempts = claim::record_failures(&mut tx, &failures, shared.options.row_retry_cap)
         .await
         .context("failed to record publish failures")?;
+    let marked_at = Instant::now();
     tx.commit().await.context("failed to commit the batch")?;
+    tracing::debug!(
+        outbox.rows = rows.len(),
+        claim_ms = (claimed_at - started).as_secs_f64() * 1e3,
+        send_ms = (delivered_at - claimed_at).as_secs_f64() * 1e3,
+        mark_ms = (marked_at - delivered_at).as_secs_f64() * 1e3,
+        commit_ms = marked_at.elapsed().as_secs_f64() * 1e3,
+        "batch committed"
+    );
 
     let by_id: std::collections::HashSet<_> = published.iter().collect();
     crate::metrics::published(
