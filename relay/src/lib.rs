@@ -122,6 +122,11 @@ impl Relay {
         self.shared.stats.clone()
     }
 
+    /// Where claims start scanning (see [`low_water`]); tests watch it.
+    pub fn low_water(&self) -> Arc<AtomicI64> {
+        self.shared.low_water.clone()
+    }
+
     /// `/readyz`: the database answers and the producer is not in a fatal state.
     pub fn ready_check(&self) -> ReadyCheck {
         let pool = self.shared.pool.clone();

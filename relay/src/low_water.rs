@@ -9,7 +9,8 @@
 //! looks at every earlier row of the bill). A row whose writer committed late, with a `seq`
 //! below the mark (a transaction that stayed open while more than `MARGIN` later rows were
 //! written and published), is found by the next full refresh, which recomputes the mark from
-//! scratch: nothing is left behind, it is only published up to `FULL_EVERY` later.
+//! scratch: nothing is left behind, it is only published up to `FULL_EVERY` later. The same
+//! holds for a row whose retry time comes after the mark passed it.
 
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -25,12 +26,16 @@ pub const FULL_EVERY: Duration = Duration::from_secs(10);
 /// How often it is advanced from its current value.
 pub const STEP_EVERY: Duration = Duration::from_millis(100);
 
-/// The smallest unpublished `seq` at or above `from`, or one past the largest `seq` when no row
-/// is unpublished.
+/// The smallest `seq` at or above `from` of an unpublished row that is due (not waiting out a
+/// retry), or one past the largest `seq` when there is none. Rows waiting out a retry do not
+/// hold the mark back (a row that keeps failing would otherwise pin every claim's scan to it
+/// for good); the full recompute finds them once they are due.
 pub async fn smallest_unpublished(pool: &PgPool, from: i64) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "SELECT COALESCE(
-             (SELECT min(seq) FROM outbox WHERE published_at IS NULL AND seq >= $1),
+             (SELECT min(seq) FROM outbox
+               WHERE published_at IS NULL AND seq >= $1
+                 AND (next_attempt_at IS NULL OR next_attempt_at <= now())),
              (SELECT max(seq) + 1 FROM outbox WHERE seq >= $1),
              $1)",
     )

@@ -159,6 +159,8 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
         "batch committed"
     );
 
+    log_published(&rows, &published, started.elapsed());
+
     let by_id: std::collections::HashSet<_> = published.iter().collect();
     crate::metrics::published(
         rows.iter()
@@ -216,4 +218,37 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
         }
     }
     Ok(outcome)
+}
+
+/// One info line per committed batch; one debug line per published record with its `bill.id`
+/// and `trace_id` (from the row's `traceparent` header). Per-record lines at info would be ten
+/// thousand lines a second at full rate; `RUST_LOG=info,billing_relay=debug` turns them on to
+/// follow a bill's trace through the relay.
+fn log_published(rows: &[claim::OutboxRow], published: &[uuid::Uuid], took: Duration) {
+    if published.is_empty() {
+        return;
+    }
+    tracing::info!(
+        outbox.rows = rows.len(),
+        outbox.published = published.len(),
+        duration_ms = took.as_secs_f64() * 1e3,
+        "batch published"
+    );
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let published: std::collections::HashSet<_> = published.iter().collect();
+    for row in rows.iter().filter(|r| published.contains(&r.id)) {
+        let header = |name: &str| row.headers.0.get(name).and_then(|v| v.as_str());
+        tracing::debug!(
+            bill.id = %row.aggregateid,
+            trace_id = header("traceparent")
+                .and_then(shared::telemetry::trace_id)
+                .unwrap_or(""),
+            outbox.id = %row.id,
+            event_type = header("event_type").unwrap_or(""),
+            kafka.topic = %row.topic,
+            "record published"
+        );
+    }
 }

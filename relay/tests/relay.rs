@@ -6,6 +6,7 @@ mod support;
 use billing_relay::retention;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use shared::events::BillEvent;
+use shared::outbox::NewOutboxEvent;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -225,6 +226,51 @@ async fn a_row_for_an_unknown_topic_is_recorded_and_does_not_block_other_bills(p
 }
 
 #[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_record_too_large_for_the_broker_is_recorded_and_the_others_are_published(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    let others = insert_round(&pool, &topic, &bills(10), 0).await;
+    let huge: Uuid = sqlx::query_scalar(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic)
+         VALUES (gen_random_uuid(), 'bill', gen_random_uuid()::text, 'bill.email_requested',
+                 jsonb_build_object('padding', repeat('x', 2000000)), $1)
+         RETURNING id",
+    )
+    .bind(&topic)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    let relay = start_relay(&pool, options(&brokers)).await;
+    wait_until(
+        "the others are published and the large row recorded",
+        WAIT,
+        || async {
+            let sql = format!(
+                "SELECT count(*) FROM outbox
+              WHERE (id = '{huge}' AND last_error IS NOT NULL AND published_at IS NULL)
+                 OR (id <> '{huge}' AND published_at IS NOT NULL)"
+            );
+            count(&pool, &sql).await == 11
+        },
+    )
+    .await;
+    relay.stop().await;
+
+    let error: String = sqlx::query_scalar("SELECT last_error FROM outbox WHERE id = $1")
+        .bind(huge)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        error.to_lowercase().contains("size"),
+        "the error names the cause: {error}"
+    );
+    assert_exactly_once(&read_topic(&brokers, &topic).await, &others);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
 async fn a_fatal_producer_error_rebuilds_the_producer_and_loses_nothing(pool: PgPool) {
     let topic = unique_topic("bills.email");
     let kafka = kafka(&topic);
@@ -284,6 +330,57 @@ async fn shutdown_finishes_the_batch_in_flight(pool: PgPool) {
         "the batch in flight was committed"
     );
     assert_eq!(stats.published(), 40);
+    assert_exactly_once(&read_topic(&brokers, &topic).await, &expected);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_row_committed_long_after_later_rows_is_still_published(pool: PgPool) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    let relay = start_relay(&pool, options(&brokers)).await;
+
+    // A writer takes a `seq`, then stays open while many later rows are written and published,
+    // so the claims' low-water mark moves past its row before it commits.
+    let late = NewOutboxEvent::bill(
+        &topic,
+        shared::events::event_type::EMAIL_REQUESTED,
+        shared::domain::BillId::new(),
+        shared::domain::Channel::Email,
+        0,
+        0,
+        None,
+        None,
+    );
+    let mut slow_writer = pool.begin().await.unwrap();
+    shared::outbox::insert(&mut slow_writer, std::slice::from_ref(&late))
+        .await
+        .unwrap();
+    let late_seq: i64 = sqlx::query_scalar("SELECT seq FROM outbox WHERE id = $1")
+        .bind(late.id.0)
+        .fetch_one(&mut *slow_writer)
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for _ in 0..3 {
+        expected.extend(insert_round(&pool, &topic, &bills(600), 0).await);
+    }
+    wait_until("the later rows are published", WAIT, || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    wait_until("claims start past the open row", WAIT, || async {
+        relay.low_water.load(Ordering::Relaxed) > late_seq
+    })
+    .await;
+    slow_writer.commit().await.unwrap();
+    expected.push(late.id.0);
+
+    wait_until("the late row is published", WAIT, || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    relay.stop().await;
     assert_exactly_once(&read_topic(&brokers, &topic).await, &expected);
 }
 

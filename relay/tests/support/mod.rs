@@ -61,6 +61,7 @@ pub async fn own_pool(pool: &PgPool) -> PgPool {
 pub struct Running {
     pub cancel: CancellationToken,
     pub stats: Arc<RelayStats>,
+    pub low_water: Arc<std::sync::atomic::AtomicI64>,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -81,8 +82,10 @@ pub async fn start_relay(pool: &PgPool, options: RelayOptions) -> Running {
         .expect("relay");
     let cancel = CancellationToken::new();
     let stats = relay.stats();
+    let low_water = relay.low_water();
     let handle = tokio::spawn(relay.run(cancel.clone()));
     Running {
+        low_water,
         cancel,
         stats,
         handle,
