@@ -1,5 +1,7 @@
 //! Logging setup: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` switches to one JSON
-//! object per line (with the current span's fields, e.g. `bill.id` and `trace_id`).
+//! object per line. In JSON the event's own fields sit at the top level next to `message`
+//! (so `bill.id` and `trace_id` can be grepped or indexed directly), and the current span's
+//! fields under `span`.
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -15,6 +17,7 @@ pub fn init() {
             .with(
                 fmt::layer()
                     .json()
+                    .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(false)
                     .with_target(true),
@@ -23,4 +26,29 @@ pub fn init() {
     } else {
         registry.with(fmt::layer().with_target(true)).try_init()
     };
+}
+
+/// The trace id of a W3C `traceparent` (`version-traceid-parentid-flags`), for the `trace_id`
+/// log field. `None` when the value does not have that shape.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let trace_id = parts.next()?;
+    let _parent = parts.next()?;
+    (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id;
+
+    #[test]
+    fn the_trace_id_is_the_second_part_of_a_traceparent() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("garbage"), None);
+        assert_eq!(trace_id("00-short-00f067aa0ba902b7-01"), None);
+    }
 }
