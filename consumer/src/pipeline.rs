@@ -171,6 +171,7 @@ pub async fn writer(
             let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
             for (f, w) in batch.iter().zip(&written) {
                 count(f, *w);
+                log_outcome(f, *w);
                 if let Outcome::Sent { attempt }
                 | Outcome::Failed { attempt, .. }
                 | Outcome::Undecryptable { attempt, .. } = &f.outcome
@@ -243,13 +244,71 @@ fn count(f: &Finished, w: Written) {
             metrics::counter!(m::DLT, "reason" => why).increment(1);
         }
         Written::Skipped => metrics::counter!(m::CLAIMS_SKIPPED).increment(1),
-        Written::Fenced => {
-            metrics::counter!(m::FENCED).increment(1);
-            tracing::info!(
+        Written::Fenced => metrics::counter!(m::FENCED).increment(1),
+    }
+}
+
+/// One line per bill outcome, after it is durable, carrying `bill.id` and the `trace_id` of
+/// the bill's `traceparent`, so one bill can be followed from the API call through the relay to
+/// here. The trace context comes from the bill row (the same value the API wrote into the
+/// outbox headers, and so into the record's `traceparent` header); the fallback, dead-letter
+/// and sweeper outbox rows carry it on.
+fn log_outcome(f: &Finished, w: Written) {
+    let (attempt, error) = match &f.outcome {
+        Outcome::Sent { attempt } => (attempt, None),
+        Outcome::Failed { attempt, error } | Outcome::Undecryptable { attempt, error } => {
+            (attempt, Some(error.as_str()))
+        }
+        Outcome::Poison {
+            bill_id,
+            reason,
+            error,
+            ..
+        } => {
+            tracing::warn!(
+                bill.id = %bill_id.map(|b| b.to_string()).unwrap_or_default(),
+                kafka.topic = %f.source.topic,
                 kafka.partition = f.source.partition,
                 kafka.offset = f.source.offset,
-                "lease was reclaimed; outcome discarded"
+                reason = *reason,
+                error = %error,
+                "poison record sent to the dead-letter topic"
             );
+            return;
         }
+        Outcome::Skipped => {
+            tracing::debug!(
+                kafka.partition = f.source.partition,
+                kafka.offset = f.source.offset,
+                "record skipped: the bill is not pending on its channel"
+            );
+            return;
+        }
+    };
+    let trace_id = attempt
+        .traceparent
+        .as_deref()
+        .and_then(shared::telemetry::trace_id)
+        .unwrap_or("");
+    let error = error.unwrap_or("");
+    macro_rules! bill_line {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                bill.id = %attempt.bill_id,
+                trace_id,
+                channel = %attempt.channel,
+                attempts = attempt.attempts,
+                replay_count = attempt.replay_count,
+                error,
+                $message
+            )
+        };
+    }
+    match w {
+        Written::Sent => bill_line!(info, "bill sent"),
+        Written::FellBack => bill_line!(info, "bill fell back to the next channel"),
+        Written::Dead => bill_line!(info, "bill dead"),
+        Written::Fenced => bill_line!(info, "lease was reclaimed; outcome discarded"),
+        Written::Poisoned | Written::Skipped => {}
     }
 }

@@ -29,7 +29,11 @@ pub struct Sender {
 
 impl Sender {
     /// Delivers one claimed bill on its channel and returns the outcome to record.
-    #[tracing::instrument(level = "debug", skip_all, fields(bill.id = %bill.id, channel = %bill.channel))]
+    #[tracing::instrument(level = "debug", skip_all, fields(
+        bill.id = %bill.id,
+        trace_id = bill.traceparent.as_deref().and_then(shared::telemetry::trace_id).unwrap_or(""),
+        channel = %bill.channel,
+    ))]
     pub async fn process(&self, bill: &ClaimedBill) -> Outcome {
         let attempt = Attempt::of(bill, Utc::now());
         let decrypt = |field: &str, ct: &str| {
