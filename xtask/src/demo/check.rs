@@ -1,8 +1,9 @@
 //! The end-to-end checks of `demo --check`: every bill terminal, nothing delivered twice,
 //! injected failures ended where they must, a DLT record without personal data for every
-//! dead bill, and the summary (built from the API's answers) equal to the database.
+//! dead bill, the summary (built from the API's answers) equal to the database, and one bill's
+//! trace id followed from the API's `traceparent` answer through the relay and consumer logs.
 
-use super::load::{Fate, GeneratedBill};
+use super::load::{Fate, GeneratedBill, TracedBill};
 use super::summary::{Counts, Summary};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
@@ -18,6 +19,7 @@ pub async fn run(
     brokers: &str,
     bills: &[GeneratedBill],
     summary: &Summary,
+    traced: &TracedBill,
     log_dir: &Path,
 ) -> anyhow::Result<usize> {
     let mut results: Vec<(String, bool)> = Vec::new();
@@ -132,6 +134,26 @@ pub async fn run(
         pii_hits == 0,
     );
 
+    let answered = shared::telemetry::trace_id(&traced.answered) == Some(traced.trace_id.as_str());
+    let relay = trace_lines(&log_dir.join("billing-relay.log"), traced);
+    let consumer = trace_lines(&log_dir.join("billing-consumer.log"), traced);
+    let outcome = consumer
+        .iter()
+        .any(|m| matches!(m.as_str(), "bill sent" | "bill dead"));
+    check(
+        format!(
+            "bill {}'s trace id {} is in the API's traceparent answer ({}), {} relay line(s) {:?} and {} consumer line(s) {:?}",
+            traced.id,
+            traced.trace_id,
+            if answered { "yes" } else { "no" },
+            relay.len(),
+            relay,
+            consumer.len(),
+            consumer
+        ),
+        answered && !relay.is_empty() && outcome,
+    );
+
     let failed = results.iter().filter(|r| !r.1).count();
     println!("e2e: {} passed, {failed} failed", results.len() - failed);
     Ok(failed)
@@ -190,4 +212,24 @@ async fn read_dlt(brokers: &str, expected: usize) -> anyhow::Result<HashMap<Stri
         }
     }
     Ok(seen)
+}
+
+/// The messages of the JSON log lines in `path` that carry both the traced bill's `bill.id` and
+/// its `trace_id`, as event fields or as fields of the current span.
+fn trace_lines(path: &Path, traced: &TracedBill) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let field = |line: &serde_json::Value, name: &str| -> Option<String> {
+        [&line[name], &line["span"][name], &line["fields"][name]]
+            .into_iter()
+            .find_map(|v| v.as_str().map(str::to_owned))
+    };
+    text.lines()
+        .filter(|l| l.contains(traced.trace_id.as_str()))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|line| {
+            field(line, "bill.id").as_deref() == Some(traced.id.as_str())
+                && field(line, "trace_id").as_deref() == Some(traced.trace_id.as_str())
+        })
+        .map(|line| field(&line, "message").unwrap_or_default())
+        .collect()
 }

@@ -176,3 +176,50 @@ pub async fn enqueue(
     }
     Ok(())
 }
+
+/// A bill enqueued on its own with a chosen W3C `traceparent`, to follow through the logs.
+#[derive(Debug, Clone)]
+pub struct TracedBill {
+    pub id: String,
+    /// The trace id sent in the request's `traceparent`.
+    pub trace_id: String,
+    /// The `traceparent` the API answered with (same trace id, the API's own span id).
+    pub answered: String,
+}
+
+/// Posts one bill through `POST /v1/bills` with a fresh `traceparent` request header.
+pub async fn enqueue_traced(
+    http: &reqwest::Client,
+    api: &str,
+    bill: &GeneratedBill,
+) -> anyhow::Result<TracedBill> {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let parent_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let resp = http
+        .post(format!("{api}/v1/bills"))
+        .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+        .json(&bill.body)
+        .send()
+        .await
+        .context("POST /v1/bills failed")?;
+    let status = resp.status();
+    let answered = resp
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = resp.json().await.context("POST /v1/bills answer")?;
+    if status.as_u16() != 202 {
+        bail!("bill rejected with {status}: {body}");
+    }
+    let id = body["id"]
+        .as_str()
+        .context("no id in the answer")?
+        .to_owned();
+    Ok(TracedBill {
+        id,
+        trace_id,
+        answered,
+    })
+}

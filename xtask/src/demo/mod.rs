@@ -189,7 +189,12 @@ async fn run_platform(
     let bills = load::generate(&run_id, args.bills, !args.no_injected_failures, args.seed);
     let bars = summary::Bars::new(args.bills as u64, args.check && std::env::var("CI").is_ok());
     let started = Instant::now();
-    load::enqueue(&http, &api, &bills, args.batch, |n| {
+    // The first bill goes alone, with a traceparent of our own, so its trace can be followed
+    // through the logs (the check does); the rest go in batches.
+    let (first, rest) = bills.split_first().context("no bills to enqueue")?;
+    let traced = load::enqueue_traced(&http, &api, first).await?;
+    bars.accepted.inc(1);
+    load::enqueue(&http, &api, rest, args.batch, |n| {
         bars.accepted.inc(n as u64)
     })
     .await?;
@@ -220,9 +225,16 @@ async fn run_platform(
     std::fs::write(log_dir.join("summary.json"), serde_json::to_vec_pretty(&s)?)?;
 
     if args.check {
-        let failed = check::run(&pool, &env.broker.bootstrap, &bills, &s, &log_dir).await?;
+        let failed =
+            check::run(&pool, &env.broker.bootstrap, &bills, &s, &traced, &log_dir).await?;
         anyhow::ensure!(failed == 0, "{failed} end-to-end check(s) failed");
     } else if !args.exit {
+        println!(
+            "  Follow one bill: its trace id {} is on the relay and consumer log lines of bill {} in {}",
+            traced.trace_id,
+            traced.id,
+            log_dir.display()
+        );
         println!("  The platform keeps running; press Ctrl-C to stop everything.");
         std::future::pending::<()>().await;
     }

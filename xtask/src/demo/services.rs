@@ -1,5 +1,6 @@
 //! The platform's four binaries started as separate processes, each logging JSON to its own
-//! file, stopped with SIGTERM (graceful) and killed only if they do not exit in time.
+//! file (`RUST_LOG` from `DEMO_RUST_LOG`, default `info,billing_relay=debug`), stopped with
+//! SIGTERM (graceful) and killed only if they do not exit in time.
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,10 @@ pub fn build(release: bool) -> anyhow::Result<PathBuf> {
     Ok(target.join(if release { "release" } else { "debug" }))
 }
 
+/// `RUST_LOG` of every service unless `DEMO_RUST_LOG` says otherwise: info, plus the relay's
+/// per-record lines, so one bill's trace id can be followed through every service's log.
+const DEFAULT_LOG: &str = "info,billing_relay=debug";
+
 /// One running service.
 pub struct Service {
     pub name: &'static str,
@@ -62,9 +67,10 @@ impl Service {
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("LOG_FORMAT", "json")
+            // The relay logs each published record (bill.id, trace_id) at debug only.
             .env(
                 "RUST_LOG",
-                std::env::var("DEMO_RUST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("DEMO_RUST_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()),
             )
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
