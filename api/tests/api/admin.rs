@@ -64,18 +64,51 @@ async fn admin_endpoints_answer_503_when_no_token_is_configured(pool: PgPool) {
 
 #[sqlx::test(migrator = "shared::MIGRATOR")]
 async fn admin_endpoints_answer_401_without_or_with_a_wrong_token(pool: PgPool) {
-    let app = admin_app(pool, 3);
-    send(&app, get("/v1/admin/dead-letters")).await.problem(401);
-    let wrong = Request::get("/v1/admin/dead-letters")
-        .header("authorization", "Bearer s3cret-admin-tokeN")
-        .body(Body::empty())
-        .unwrap();
-    send(&app, wrong).await.problem(401);
-    let id = uuid::Uuid::now_v7();
-    let no_auth = Request::post(format!("/v1/admin/dead-letters/{id}/replay"))
-        .body(Body::empty())
-        .unwrap();
-    send(&app, no_auth).await.problem(401);
+    let app = admin_app(pool.clone(), 3);
+    let id = dead_bill(&app, &pool, 1, "sms", "sms failed").await;
+    let calls = [
+        ("GET", "/v1/admin/dead-letters".to_owned(), None),
+        (
+            "POST",
+            "/v1/admin/dead-letters/replay".to_owned(),
+            Some(json!({})),
+        ),
+        ("POST", format!("/v1/admin/dead-letters/{id}/replay"), None),
+    ];
+    let wrong = [
+        None,
+        Some("Bearer s3cret-admin-tokeN"),
+        Some("Bearer "),
+        Some("Basic czNjcmV0LWFkbWluLXRva2Vu"),
+        Some(TOKEN),
+    ];
+    for (method, uri, body) in &calls {
+        for authorization in wrong {
+            let mut req = Request::builder().method(*method).uri(uri.as_str());
+            if let Some(a) = authorization {
+                req = req.header("authorization", a);
+            }
+            let req = match body {
+                Some(b) => req
+                    .header("content-type", "application/json")
+                    .body(Body::from(b.to_string())),
+                None => req.body(Body::empty()),
+            }
+            .unwrap();
+            let answer = send(&app, req).await;
+            assert_eq!(answer.status, 401, "{method} {uri} with {authorization:?}");
+            answer.problem(401);
+        }
+    }
+    // Nothing was replayed by the refused calls.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM bills WHERE status = 'DEAD' AND replay_count = 0"
+        )
+        .await,
+        1
+    );
 }
 
 #[sqlx::test(migrator = "shared::MIGRATOR")]
@@ -292,6 +325,12 @@ async fn replay_by_filter_honours_dry_run_limit_and_filter(pool: PgPool) {
         count(&pool, "SELECT count(*) FROM bills WHERE status = 'DEAD'").await,
         3
     );
+    // A dry run writes nothing: no replay counted, no outbox row.
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM bills WHERE replay_count > 0").await,
+        0
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 3);
 
     let one = send(
         &app,
