@@ -31,6 +31,36 @@ use utoipa_swagger_ui::SwaggerUi;
 /// Largest request body: a batch of 1,000 bills is ~0.4 MiB, so this leaves ample room.
 pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 
+/// The request path as logged: known route words and UUIDs kept, every other segment `*`, so
+/// a client that puts an e-mail address or a phone number in a path does not get it logged.
+fn loggable_path(path: &str) -> String {
+    const WORDS: [&str; 13] = [
+        "v1",
+        "bills",
+        "batch",
+        "deliveries",
+        "stats",
+        "admin",
+        "dead-letters",
+        "replay",
+        "healthz",
+        "readyz",
+        "metrics",
+        "swagger-ui",
+        "api-docs",
+    ];
+    path.split('/')
+        .map(|seg| {
+            if seg.is_empty() || WORDS.contains(&seg) || uuid::Uuid::parse_str(seg).is_ok() {
+                seg
+            } else {
+                "*"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Knobs of the router that tests and the benchmark may change.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
@@ -63,11 +93,12 @@ pub fn router_with(state: AppState, config: RouterConfig) -> Router {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            // The path carries at most a bill id; query strings are left out on purpose.
+            // Query strings are left out on purpose, and so is any path segment that is not
+            // one of the API's own words or a bill id: a client may put anything in a path.
             tracing::info_span!(
                 "http",
                 http.method = %req.method(),
-                http.path = %req.uri().path(),
+                http.path = %loggable_path(req.uri().path()),
                 request_id,
                 trace_id = tracing::field::Empty,
             )
@@ -185,5 +216,28 @@ impl Application {
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await
             .context("the HTTP server failed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_path;
+
+    #[test]
+    fn logged_paths_keep_route_words_and_bill_ids_and_hide_everything_else() {
+        let id = "01937c2e-7b1a-7c3e-9f00-3a5d2b1c0e4f";
+        assert_eq!(
+            loggable_path(&format!("/v1/bills/{id}/deliveries")),
+            format!("/v1/bills/{id}/deliveries")
+        );
+        assert_eq!(
+            loggable_path("/v1/admin/dead-letters/replay"),
+            "/v1/admin/dead-letters/replay"
+        );
+        assert_eq!(
+            loggable_path("/v1/bills/kim.minsu@example.com"),
+            "/v1/bills/*"
+        );
+        assert_eq!(loggable_path("/v1/bills/01012345678/x"), "/v1/bills/*/*");
     }
 }
