@@ -8,7 +8,8 @@ use axum::response::Response;
 use std::time::Instant;
 
 pub const BILLS_ACCEPTED: &str = "billing_api_bills_accepted_total";
-pub const BILLS_REPLAYED: &str = "billing_api_bills_replayed_total";
+/// Create requests answered again from their idempotency key (same key, same body).
+pub const BILLS_REPLAYED: &str = "billing_api_idempotent_replays_total";
 pub const IDEMPOTENCY_CONFLICTS: &str = "billing_api_idempotency_conflicts_total";
 
 /// Middleware recording one count and one duration per request, labelled by route template

@@ -7,14 +7,14 @@ pub const IN_FLIGHT: &str = "billing_consumer_in_flight";
 pub const SENDS: &str = "billing_sends_total";
 /// Counter: bills moved from email to SMS after a failure.
 pub const FALLBACKS: &str = "billing_fallbacks_total";
-/// Counter `{reason}`: dead-letter rows written.
+/// Counter `{reason}`: dead-letter rows written (by the outcome writer and the sweeper).
 pub const DLT: &str = "billing_dlt_total";
 /// Counter: records acknowledged without sending (bill not PENDING on that channel).
 pub const CLAIMS_SKIPPED: &str = "billing_claims_skipped_total";
 /// Counter: outcomes discarded because the lease had been reclaimed.
 pub const FENCED: &str = "billing_outcomes_fenced_total";
-/// Counter: expired leases handed back by the sweeper.
-pub const SWEEPS: &str = "billing_sweeps_total";
+/// Counter: expired leases the sweeper handled (requeued, moved to SMS, or dead).
+pub const SWEEPS: &str = "billing_leases_expired_total";
 /// Histogram `{channel}`: provider call latency in seconds.
 pub const PROVIDER_LATENCY: &str = "billing_provider_latency_seconds";
 /// Counter: bills whose outcome was written as SENT.
@@ -31,7 +31,10 @@ pub fn describe() {
         "Records skipped because the bill was not PENDING on that channel"
     );
     metrics::describe_counter!(FENCED, "Outcomes discarded because the lease was reclaimed");
-    metrics::describe_counter!(SWEEPS, "Expired leases handed back by the sweeper");
+    metrics::describe_counter!(
+        SWEEPS,
+        "Expired leases handled by the sweeper (requeued, moved to SMS, or dead)"
+    );
     metrics::describe_histogram!(
         PROVIDER_LATENCY,
         metrics::Unit::Seconds,

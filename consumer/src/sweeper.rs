@@ -243,6 +243,9 @@ pub async fn run(
                 let total = r.requeued + r.moved + r.dead;
                 if total > 0 {
                     metrics::counter!(crate::metrics::SWEEPS).increment(total);
+                    // Bills the sweeper kills are dead letters too: the DLT rate counts them.
+                    metrics::counter!(crate::metrics::DLT, "reason" => reason::LEASE_EXPIRED)
+                        .increment(r.dead);
                     tracing::info!(
                         requeued = r.requeued,
                         moved = r.moved,

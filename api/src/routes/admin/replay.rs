@@ -70,7 +70,7 @@ async fn replay_ids(
         })
         .collect();
     shared::outbox::insert(conn, &events).await?;
-    metrics::counter!("billing_api_replays_total").increment(rows.len() as u64);
+    metrics::counter!("billing_api_dead_letter_replays_total").increment(rows.len() as u64);
     Ok(rows
         .into_iter()
         .map(|(id, replay_count)| Replayed {
