@@ -25,6 +25,70 @@ pub fn quantile(samples: &mut [f64], q: f64) -> f64 {
     samples[rank - 1]
 }
 
+/// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`, ...); `None` when the process
+/// is gone or the field is missing.
+pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// User + system CPU seconds a process has used so far (`/proc/<pid>/stat`, fields 14 and 15,
+/// in clock ticks of 1/100 s, the value on every Linux this runs on).
+pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after its closing ')' are fixed.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The machine's 1, 5 and 15 minute load averages, as `uptime` prints them.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Busy and total CPU time of the whole machine so far (`/proc/stat`, clock ticks), to derive
+/// how busy all cores were over an interval.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The time at which a monotonically growing count, sampled as `(seconds, count)`, first
+/// reached `target`, interpolated linearly between the two samples around it.
+pub fn crossing_time(samples: &[(f64, u64)], target: u64) -> Option<f64> {
+    let i = samples.iter().position(|&(_, n)| n >= target)?;
+    if i == 0 {
+        return Some(samples[0].0);
+    }
+    let (t0, n0) = samples[i - 1];
+    let (t1, n1) = samples[i];
+    let frac = (target - n0) as f64 / (n1 - n0).max(1) as f64;
+    Some(t0 + (t1 - t0) * frac)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +99,20 @@ mod tests {
         assert_eq!(median(&mut v), 3.0);
         assert_eq!(quantile(&mut v, 0.99), 5.0);
         assert_eq!(quantile(&mut v, 0.5), 3.0);
+    }
+
+    #[test]
+    fn crossing_time_interpolates_between_samples() {
+        let samples = [(0.0, 0), (1.0, 100), (2.0, 300)];
+        assert_eq!(crossing_time(&samples, 200), Some(1.5));
+        assert_eq!(crossing_time(&samples, 0), Some(0.0));
+        assert_eq!(crossing_time(&samples, 301), None);
+    }
+
+    #[test]
+    fn this_process_has_a_resident_set_and_cpu_time() {
+        let pid = std::process::id();
+        assert!(proc_status_kb(pid, "VmRSS").is_some_and(|kb| kb > 0));
+        assert!(proc_cpu_secs(pid).is_some());
     }
 }
