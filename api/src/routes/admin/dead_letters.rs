@@ -21,17 +21,25 @@ pub const MAX_LIMIT: i64 = 500;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterParams {
+    // The fields are parsed by hand (every bad one reported in one problem); the documented
+    // types are what the parsing accepts.
     /// Died at or after this time (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     pub since: Option<String>,
     /// Died before this time (RFC 3339).
+    #[param(value_type = Option<DateTime<Utc>>)]
     pub until: Option<String>,
     /// Text the last error contains (case-insensitive).
+    #[param(max_length = 200, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub reason: Option<String>,
     /// Channel the bill died on: `email` or `sms`.
+    #[param(value_type = Option<Channel>)]
     pub channel: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -43,6 +51,7 @@ pub struct DeadLetterFilter {
     /// Died before this time.
     pub until: Option<DateTime<Utc>>,
     /// Text the last error contains (case-insensitive).
+    #[schema(max_length = 200, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub reason: Option<String>,
     pub channel: Option<Channel>,
 }

@@ -171,7 +171,10 @@ pub struct ReplayReport {
     responses(
         (status = 200, description = "Dry run: what would be replayed", body = ReplayReport),
         (status = 202, description = "Replayed", body = ReplayReport),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad filter or limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "ADMIN_TOKEN not configured, or database unavailable", body = Problem, content_type = "application/problem+json"),
     )

@@ -21,11 +21,16 @@ pub const MAX_LIMIT: i64 = 500;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
+    // The fields are parsed by hand (every bad one reported in one problem); the documented
+    // types are what the parsing accepts.
     /// Only bills in this status: PENDING, SENDING, SENT or DEAD.
+    #[param(value_type = Option<BillStatus>)]
     pub status: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 

@@ -20,7 +20,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RecipientInput {
     /// 1 to 200 characters, any script.
-    #[schema(example = "Kim Minsu")]
+    #[schema(example = "Kim Minsu", min_length = 1, max_length = 200)]
     pub name: String,
     #[schema(example = "kim.minsu@example.com")]
     pub email: String,
@@ -32,7 +32,7 @@ pub struct RecipientInput {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ItemInput {
     /// 1 to 200 characters.
-    #[schema(example = "Mobile plan, November")]
+    #[schema(example = "Mobile plan, November", min_length = 1, max_length = 200)]
     pub name: String,
     /// Minor units of the bill's currency (won, cents), 0 to 10^15.
     #[schema(example = 55000, minimum = 0, maximum = 1_000_000_000_000_000_i64)]
@@ -52,16 +52,23 @@ pub struct CreateBillRequest {
     #[schema(example = "KRW", pattern = "^[A-Z]{3}$")]
     pub currency: String,
     /// 1 to 100 items.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<ItemInput>,
     /// Your id for the bill (at most 200 characters); also the idempotency key when no
     /// `Idempotency-Key` header is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub external_id: Option<String>,
 }
 
 /// Up to 1,000 bills, accepted all or none.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchRequest {
+    #[schema(min_items = 1, max_items = 1000)]
     pub bills: Vec<CreateBillRequest>,
 }
 
