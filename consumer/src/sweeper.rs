@@ -148,6 +148,21 @@ async fn sweep_batch(
     history.insert(&mut tx).await?;
     outbox::insert(&mut tx, &events).await?;
     tx.commit().await?;
+    // Rare (a worker crashed or stalled), so one line per bill, after the change is durable.
+    for ((row, status), channel) in rows.iter().zip(&statuses).zip(&channels) {
+        tracing::info!(
+            bill.id = %row.id,
+            trace_id = row
+                .traceparent
+                .as_deref()
+                .and_then(shared::telemetry::trace_id)
+                .unwrap_or(""),
+            from = %row.channel,
+            status = *status,
+            channel = *channel,
+            "bill lease expired; handed back"
+        );
+    }
     Ok(rows.len())
 }
 
