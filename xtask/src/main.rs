@@ -5,7 +5,9 @@
 //!   topics, print the settings, run CMD with them (or wait for Ctrl-C), then tear down.
 //! - `test`: `env` + the workspace test suite. This is what `.ci/run` calls.
 //! - `demo`: `env` + every service + a realistic batch, with progress and a summary.
+//! - `canary`: the platform with canary recipients; searches every place for them in clear.
 
+mod canary;
 mod demo;
 mod env;
 
@@ -42,6 +44,9 @@ enum Task {
     },
     /// Run the whole platform on a realistic batch and print a summary.
     Demo(demo::DemoArgs),
+    /// Leak test: canary recipients through the platform, then search every table, log line,
+    /// topic record, error body and metrics page for them in clear.
+    Canary(canary::CanaryArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
                 demo::run(demo::DemoArgs::e2e(env)).await.map(|()| 0)
             }
             Task::Demo(args) => demo::run(args).await.map(|()| 0),
+            Task::Canary(args) => canary::run(args).await.map(|failed| i32::from(failed > 0)),
         }
     });
     match result {

@@ -5,9 +5,9 @@
 //! test that CI runs.
 
 mod check;
-mod load;
-mod services;
-mod summary;
+pub(crate) mod load;
+pub(crate) mod services;
+pub(crate) mod summary;
 
 use crate::env::{Env, EnvArgs};
 use anyhow::Context;
