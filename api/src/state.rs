@@ -10,6 +10,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// Wakes the relays after a commit that wrote outbox rows.
+    pub relay_waker: shared::outbox::RelayWaker,
     inner: Arc<Inner>,
 }
 
@@ -29,6 +31,7 @@ impl AppState {
         max_replays: i32,
     ) -> Self {
         Self {
+            relay_waker: shared::outbox::RelayWaker::new(pool.clone()),
             pool,
             inner: Arc::new(Inner {
                 keyring,

@@ -1,5 +1,5 @@
-//! Waking the claim loops: a `LISTEN outbox_inserted` connection (the outbox insert trigger
-//! notifies once per statement) bumps a counter every worker watches. A watch channel, not a
+//! Waking the claim loops: a `LISTEN outbox_inserted` connection (writers notify after they
+//! commit outbox rows, see `shared::outbox`) bumps a counter every worker watches. A watch channel, not a
 //! bare `Notify`, so a wake that arrives while a worker is busy is not lost: the worker sees the
 //! counter changed and claims again at once. Workers still poll on an interval, which covers a
 //! lost listener connection and rows whose retry time has come (no notification for those).
@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// The channel the outbox insert trigger notifies.
+/// The channel writers notify after committing outbox rows (see `shared::outbox`).
 pub const CHANNEL: &str = "outbox_inserted";
 
 /// Listens until `cancel` fires, reconnecting with back-off. After every (re)connect it wakes

@@ -1,11 +1,21 @@
 //! Writing outbox rows. Every state change that announces itself on Kafka calls [`insert`]
 //! inside the same transaction as the change; the relay is the only Kafka producer.
+//!
+//! Relays sleep on `LISTEN outbox_inserted` (and poll as a fallback). Writers wake them:
+//! [`insert`] notifies inside the caller's transaction, which is right for batched writers;
+//! high-rate single-row writers (the API) use [`RelayWaker`] instead, because a NOTIFY inside a
+//! transaction serialises commits on a database-wide lock.
 
 use crate::domain::{BillId, Channel, EventId};
 use crate::events::{BillEvent, DeadLetter, AGGREGATE_BILL};
 use chrono::Utc;
 use serde_json::{json, Value};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc;
+
+/// The channel relays listen on.
+pub const NOTIFY_CHANNEL: &str = "outbox_inserted";
 
 /// One outbox row to be written.
 #[derive(Debug, Clone)]
@@ -78,7 +88,9 @@ impl NewOutboxEvent {
     }
 }
 
-/// Inserts the rows with one statement (UNNEST), in the caller's transaction.
+/// Inserts the rows with one statement (UNNEST) in the caller's transaction and notifies the
+/// relays when it commits. Meant for batched writers: the notification costs one database-wide
+/// lock at commit per transaction.
 pub async fn insert(conn: &mut PgConnection, events: &[NewOutboxEvent]) -> sqlx::Result<()> {
     if events.is_empty() {
         return Ok(());
@@ -100,8 +112,11 @@ pub async fn insert(conn: &mut PgConnection, events: &[NewOutboxEvent]) -> sqlx:
         headers.push(&e.headers);
     }
     sqlx::query(
-        "INSERT INTO outbox (id, topic, aggregatetype, aggregateid, type, payload, headers)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
+        "WITH inserted AS (
+             INSERT INTO outbox (id, topic, aggregatetype, aggregateid, type, payload, headers)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
+             RETURNING 1)
+         SELECT pg_notify('outbox_inserted', '') FROM (SELECT 1 FROM inserted LIMIT 1) t",
     )
     .bind(&ids)
     .bind(&topics)
@@ -113,4 +128,50 @@ pub async fn insert(conn: &mut PgConnection, events: &[NewOutboxEvent]) -> sqlx:
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Wakes the relays after commits without a NOTIFY inside the writing transaction: each
+/// [`RelayWaker::poke`] asks for one `pg_notify` on its own connection, and pokes that arrive
+/// while one is in flight fold into a single next one. Cheap to clone; `poke` never blocks.
+#[derive(Clone)]
+pub struct RelayWaker {
+    inner: Arc<WakerInner>,
+}
+
+struct WakerInner {
+    pool: PgPool,
+    tx: OnceLock<mpsc::Sender<()>>,
+}
+
+impl RelayWaker {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            inner: Arc::new(WakerInner {
+                pool,
+                tx: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Call after a commit that wrote outbox rows. Must run inside a Tokio runtime.
+    pub fn poke(&self) {
+        let tx = self.inner.tx.get_or_init(|| {
+            // Capacity one: a full channel means a notification is already pending.
+            let (tx, mut rx) = mpsc::channel::<()>(1);
+            let pool = self.inner.pool.clone();
+            tokio::spawn(async move {
+                while rx.recv().await.is_some() {
+                    if let Err(e) = sqlx::query("SELECT pg_notify('outbox_inserted', '')")
+                        .execute(&pool)
+                        .await
+                    {
+                        // The relay's polling fallback picks the rows up; nothing is lost.
+                        tracing::debug!(error = %e, "failed to notify relays");
+                    }
+                }
+            });
+            tx
+        });
+        let _ = tx.try_send(());
+    }
 }

@@ -63,7 +63,7 @@ async fn the_schema_rejects_impossible_states(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "shared::MIGRATOR")]
-async fn inserting_outbox_rows_notifies_listeners(pool: PgPool) {
+async fn inserting_outbox_rows_notifies_listeners_on_commit(pool: PgPool) {
     let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
         .await
         .unwrap();
@@ -98,4 +98,32 @@ async fn inserting_outbox_rows_notifies_listeners(pool: PgPool) {
     assert_eq!(parsed.event_id, event.id.0);
     assert_eq!(headers["event_type"], "bill.email_requested");
     assert!(headers["traceparent"].as_str().unwrap().starts_with("00-"));
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn the_relay_waker_notifies_listeners_and_folds_bursts(pool: PgPool) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen(shared::outbox::NOTIFY_CHANNEL)
+        .await
+        .unwrap();
+    let waker = shared::outbox::RelayWaker::new(pool.clone());
+    for _ in 0..100 {
+        waker.poke();
+    }
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notification within the deadline")
+        .unwrap();
+    assert_eq!(first.channel(), shared::outbox::NOTIFY_CHANNEL);
+    // A burst of pokes folds into at most two notifications (one in flight, one pending).
+    let mut extra = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(std::time::Duration::from_millis(500), listener.recv()).await
+    {
+        extra += 1;
+    }
+    assert!(extra <= 1, "100 pokes sent {} notifications", extra + 1);
 }

@@ -120,6 +120,7 @@ pub async fn create_batch(
 
     match insert_batch(&state.pool, &prepared).await? {
         Ok(written) => {
+            state.relay_waker.poke();
             let mut accepted = 0;
             let mut replayed = 0;
             let mut bills = Vec::with_capacity(written.len());

@@ -60,6 +60,7 @@ pub async fn create_bill(
     );
     match insert_one(&state.pool, &prepared).await? {
         Written::Inserted(id) => {
+            state.relay_waker.poke();
             metrics::counter!(BILLS_ACCEPTED, "mode" => "single").increment(1);
             tracing::debug!(bill.id = %id, "bill accepted");
             Ok(accepted(BillAccepted::new(id), false))
