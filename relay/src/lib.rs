@@ -46,6 +46,8 @@ pub struct RelayOptions {
     pub message_timeout: Duration,
     pub max_backoff: Duration,
     pub row_retry_cap: Duration,
+    /// Commit batches without waiting for the WAL flush (see `RELAY_ASYNC_COMMIT`).
+    pub async_commit: bool,
 }
 
 impl RelayOptions {
@@ -63,6 +65,7 @@ impl RelayOptions {
             message_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(5),
             row_retry_cap: Duration::from_secs(300),
+            async_commit: false,
         }
     }
 }

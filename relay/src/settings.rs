@@ -63,6 +63,12 @@ pub struct Settings {
     /// Cap of the retry interval of a row that failed permanently (seconds).
     #[arg(long, env = "RELAY_ROW_RETRY_CAP_SECS", default_value_t = 300)]
     pub row_retry_cap_secs: u64,
+    /// Commit batches with `synchronous_commit = off`: no WAL flush wait per batch (lower
+    /// latency, higher throughput). If Postgres itself crashes, the marks of the last few
+    /// hundred milliseconds can be lost and those rows are published again (at least once;
+    /// consumers deduplicate). A relay crash loses nothing either way.
+    #[arg(long, env = "RELAY_ASYNC_COMMIT")]
+    pub async_commit: bool,
     /// Apply pending migrations before starting.
     #[arg(long, env = "RELAY_MIGRATE")]
     pub migrate: bool,
@@ -118,6 +124,7 @@ impl Settings {
             message_timeout: Duration::from_millis(self.message_timeout_ms),
             max_backoff: Duration::from_millis(self.max_backoff_ms),
             row_retry_cap: Duration::from_secs(self.row_retry_cap_secs),
+            async_commit: self.async_commit,
         }
     }
 }

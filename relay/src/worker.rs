@@ -148,6 +148,12 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
     let attempts = claim::record_failures(&mut tx, &failures, shared.options.row_retry_cap)
         .await
         .context("failed to record publish failures")?;
+    if shared.options.async_commit {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .context("failed to set synchronous_commit")?;
+    }
     let marked_at = Instant::now();
     tx.commit().await.context("failed to commit the batch")?;
     tracing::debug!(

@@ -73,6 +73,9 @@ struct Args {
     /// Steady load: seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Run the relay with `RELAY_ASYNC_COMMIT` (no WAL flush wait per batch).
+    #[arg(long)]
+    async_commit: bool,
     /// Keep the benchmark database afterwards.
     #[arg(long)]
     keep_db: bool,
@@ -146,17 +149,19 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
         }
     };
     println!(
-        "billing-relay benchmark: {} cores, {broker_name}, {} partitions, batch {} x {} workers",
+        "billing-relay benchmark: {} cores, {broker_name}, {} partitions, batch {} x {} workers, {} commit",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         args.partitions,
         args.batch_size,
-        args.workers
+        args.workers,
+        if args.async_commit { "asynchronous" } else { "synchronous" }
     );
     let options = RelayOptions {
         batch_size: args.batch_size,
         workers: args.workers,
+        async_commit: args.async_commit,
         ..RelayOptions::new(brokers.clone())
     };
 
