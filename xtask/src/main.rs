@@ -6,10 +6,12 @@
 //! - `test`: `env` + the workspace test suite. This is what `.ci/run` calls.
 //! - `demo`: `env` + every service + a realistic batch, with progress and a summary.
 //! - `canary`: the platform with canary recipients; searches every place for them in clear.
+//! - `faults`: the fault-test suite (SIGKILL, broker outage, Postgres restart, 3x3, SIGSTOP).
 
 mod canary;
 mod demo;
 mod env;
+mod faults;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -47,6 +49,8 @@ enum Task {
     /// Leak test: canary recipients through the platform, then search every table, log line,
     /// topic record, error body and metrics page for them in clear.
     Canary(canary::CanaryArgs),
+    /// Fault tests: the real binaries under SIGKILL, broker outage, Postgres restart, SIGSTOP.
+    Faults(faults::FaultArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,9 +68,12 @@ fn main() -> ExitCode {
                     return Ok(code);
                 }
                 eprintln!("xtask: end-to-end run of the real binaries (demo --check)");
-                demo::run(demo::DemoArgs::e2e(env)).await.map(|()| 0)
+                demo::run(demo::DemoArgs::e2e(env)).await?;
+                eprintln!("xtask: fault tests, quick variant (faults --quick)");
+                faults_exit_code(faults::run(faults::FaultArgs::quick()).await?)
             }
             Task::Demo(args) => demo::run(args).await.map(|()| 0),
+            Task::Faults(args) => faults_exit_code(faults::run(args).await?),
             Task::Canary(args) => canary::run(args).await.map(|failed| i32::from(failed > 0)),
         }
     });
@@ -78,6 +85,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn faults_exit_code(failed: usize) -> anyhow::Result<i32> {
+    Ok(i32::from(failed > 0))
 }
 
 /// `cargo nextest run` when installed (one process per test, clearer output), else `cargo test`.

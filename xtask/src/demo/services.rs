@@ -61,17 +61,34 @@ impl Service {
         env: &[(&str, String)],
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)?;
+        Self::spawn_logged(bin_dir, name, name, args, env, log_dir)
+    }
+
+    /// Like [`Self::spawn`], logging (appending) to `{log_name}.log`, so several instances of a
+    /// binary, and restarts of one, keep separate or continued logs.
+    pub fn spawn_logged(
+        bin_dir: &Path,
+        name: &'static str,
+        log_name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let log = log_dir.join(format!("{log_name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(bin_dir.join(name))
             .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("LOG_FORMAT", "json")
             // The relay logs each published record (bill.id, trace_id) at debug only.
             .env(
                 "RUST_LOG",
                 std::env::var("DEMO_RUST_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()),
             )
+            // After the defaults: a caller's own RUST_LOG wins.
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -90,6 +107,27 @@ impl Service {
                 self.log.display()
             );
         }
+        Ok(())
+    }
+
+    /// Sends `signal` (a `kill` name: KILL, STOP, CONT, TERM) to the process.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .id()
+            .with_context(|| format!("{} has already exited", self.name))?;
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
+    /// SIGKILL (no chance to clean up, like a crash or an OOM kill) and reap the process.
+    pub async fn kill_hard(mut self) -> anyhow::Result<()> {
+        self.signal("KILL").await?;
+        self.child.wait().await?;
         Ok(())
     }
 

@@ -18,10 +18,20 @@ pub struct Broker {
     origin: Origin,
 }
 
+/// Brokers of the mock cluster (ids 1..=MOCK_BROKERS).
+const MOCK_BROKERS: i32 = 3;
+
+/// What the mock cluster's thread can be asked to do.
+enum MockCommand {
+    /// Take every broker down (true) or bring them back up (false); the log is kept.
+    Outage(bool, mpsc::Sender<anyhow::Result<()>>),
+}
+
 enum Origin {
     External,
-    /// The mock cluster lives on its own thread; dropping the sender stops it.
-    Mock(mpsc::Sender<()>),
+    /// The mock cluster lives on its own thread; it takes commands over this channel, and
+    /// dropping the sender stops it.
+    Mock(mpsc::Sender<MockCommand>),
     Tansu(tokio::process::Child),
 }
 
@@ -56,6 +66,25 @@ impl Broker {
         }
     }
 
+    /// Always librdkafka's mock cluster in this process, whatever `KAFKA_BROKERS` says: the
+    /// fault tests need a broker they can take down ([`Self::outage`]) and a fresh log.
+    pub fn mock(partitions: i32) -> anyhow::Result<Self> {
+        start_mock(partitions)
+    }
+
+    /// Takes every broker of the mock cluster down (`down`) or brings them back, keeping their
+    /// data: clients see refused connections, like a broker process that is restarting.
+    pub fn outage(&self, down: bool) -> anyhow::Result<()> {
+        let Origin::Mock(commands) = &self.origin else {
+            bail!("a broker outage needs the mock cluster started by xtask");
+        };
+        let (reply_tx, reply_rx) = mpsc::channel();
+        commands
+            .send(MockCommand::Outage(down, reply_tx))
+            .context("mock cluster thread is gone")?;
+        reply_rx.recv().context("mock cluster thread is gone")?
+    }
+
     pub async fn stop(self) {
         match self.origin {
             Origin::External => {}
@@ -88,11 +117,11 @@ async fn answers(bootstrap: &str) -> bool {
 
 fn start_mock(partitions: i32) -> anyhow::Result<Broker> {
     let (ready_tx, ready_rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (command_tx, command_rx) = mpsc::channel::<MockCommand>();
     std::thread::Builder::new()
         .name("mock-kafka".into())
         .spawn(move || {
-            let mock = match MockCluster::<DefaultProducerContext>::new(3) {
+            let mock = match MockCluster::<DefaultProducerContext>::new(MOCK_BROKERS) {
                 Ok(m) => m,
                 Err(e) => {
                     let _ = ready_tx.send(Err(anyhow::anyhow!("mock cluster: {e}")));
@@ -106,13 +135,27 @@ fn start_mock(partitions: i32) -> anyhow::Result<Broker> {
                 }
             }
             let _ = ready_tx.send(Ok(mock.bootstrap_servers()));
-            // Blocks until the sender is dropped.
-            let _ = stop_rx.recv();
+            // Serves commands until the sender is dropped.
+            while let Ok(command) = command_rx.recv() {
+                match command {
+                    MockCommand::Outage(down, reply) => {
+                        let result = (1..=MOCK_BROKERS).try_for_each(|id| {
+                            if down {
+                                mock.broker_down(id)
+                            } else {
+                                mock.broker_up(id)
+                            }
+                            .map_err(|e| anyhow::anyhow!("mock broker {id} down={down}: {e}"))
+                        });
+                        let _ = reply.send(result);
+                    }
+                }
+            }
         })?;
     let bootstrap = ready_rx.recv().context("mock cluster thread died")??;
     Ok(Broker {
         bootstrap,
-        origin: Origin::Mock(stop_tx),
+        origin: Origin::Mock(command_tx),
     })
 }
 

@@ -121,6 +121,40 @@ impl Postgres {
         })
     }
 
+    /// `pg_ctl restart -m immediate` of the throwaway cluster: every backend dies at once
+    /// without a checkpoint (like a crash), then the server recovers from its WAL. Fails for a
+    /// server xtask did not start.
+    pub async fn restart_immediate(&self) -> anyhow::Result<()> {
+        let Some(t) = &self.started else {
+            bail!("restarting Postgres needs the throwaway cluster (--fresh-postgres)");
+        };
+        let exe = t.bindir.join("pg_ctl");
+        let (data, log, as_postgres) = (
+            t.dir.join("data"),
+            t.dir.join("postgres.log"),
+            t.as_postgres,
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut c = if as_postgres {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(exe);
+                c
+            } else {
+                Command::new(exe)
+            };
+            // -l again: without it the new postmaster would write to our pipe and keep it open.
+            run(c.arg("-D").arg(&data).arg("-l").arg(&log).args([
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ]))
+        })
+        .await?
+    }
+
     pub async fn stop(self) {
         if let Some(t) = self.started {
             let exe = t.bindir.join("pg_ctl");
