@@ -89,6 +89,30 @@ pub fn crossing_time(samples: &[(f64, u64)], target: u64) -> Option<f64> {
     Some(t0 + (t1 - t0) * frac)
 }
 
+/// CPU seconds used so far by every process whose command name is `comm` (e.g. all
+/// `postgres` backends of the server, whoever they serve).
+pub fn cpu_secs_of_all(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(proc_cpu_secs)
+        .sum()
+}
+
+/// The value of one series in a Prometheus text exposition, `series` written exactly as it
+/// appears (`name` or `name{label="v"}`).
+pub fn prometheus_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        let value = rest.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +131,14 @@ mod tests {
         assert_eq!(crossing_time(&samples, 200), Some(1.5));
         assert_eq!(crossing_time(&samples, 0), Some(0.0));
         assert_eq!(crossing_time(&samples, 301), None);
+    }
+
+    #[test]
+    fn prometheus_values_are_found_by_exact_series() {
+        let text = "# HELP x\nx_total 3\nx{c=\"email\"} 1.5\nx_sum{c=\"email\"} 9\n";
+        assert_eq!(prometheus_value(text, "x_total"), Some(3.0));
+        assert_eq!(prometheus_value(text, "x{c=\"email\"}"), Some(1.5));
+        assert_eq!(prometheus_value(text, "x"), None);
     }
 
     #[test]

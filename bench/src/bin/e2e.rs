@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target = target.canonicalize().unwrap_or(target);
     let bin_dir = args
         .bin_dir
         .clone()
@@ -508,6 +509,16 @@ fn with_database(url: &str, db: &str) -> anyhow::Result<String> {
     })
 }
 
+async fn consumer_metrics(http: &reqwest::Client, admin: &str) -> Option<String> {
+    http.get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
 fn mark(ok: bool) -> &'static str {
     if ok {
         "PASS"
@@ -638,6 +649,7 @@ async fn run(
     let sim_cpu0 = bench::proc_cpu_secs(sim_pid).unwrap_or(0.0);
     let tansu_pid = procs.0.iter().find(|p| p.name == "tansu").map(Proc::pid);
     let tansu_cpu0 = tansu_pid.and_then(bench::proc_cpu_secs).unwrap_or(0.0);
+    let postgres_cpu0 = bench::cpu_secs_of_all("postgres");
 
     if rate_mode {
         return rate_run(
@@ -655,6 +667,8 @@ async fn run(
 
     // Drain: poll until every bill is terminal.
     let mut samples: Vec<(f64, u64)> = vec![(0.0, 0)];
+    // (seconds, the consumer's in-flight gauge)
+    let mut in_flight: Vec<(f64, f64)> = Vec::new();
     let mut max_rss_kb = 0;
     let mut published_at: Option<f64> = None;
     let mut first_sent: Option<f64> = None;
@@ -669,6 +683,12 @@ async fn run(
             max_rss_kb = max_rss_kb.max(kb);
         }
         samples.push((t, c.terminal()));
+        if let Some(v) = consumer_metrics(&http, &consumer_addr)
+            .await
+            .and_then(|m| bench::prometheus_value(&m, "billing_consumer_in_flight"))
+        {
+            in_flight.push((t, v));
+        }
         if first_sent.is_none() && c.terminal() > 0 {
             first_sent = Some(t);
         }
@@ -700,7 +720,14 @@ async fn run(
                     .map(|s| s - tansu_cpu0)
                     .unwrap_or(0.0),
             );
-            break (c, hwm_kb, cpu_at_end);
+            break (
+                c,
+                hwm_kb,
+                (
+                    cpu_at_end,
+                    bench::cpu_secs_of_all("postgres") - postgres_cpu0,
+                ),
+            );
         }
         if Instant::now() > deadline {
             bail!(
@@ -716,6 +743,18 @@ async fn run(
     let cpu1 = bench::machine_cpu_ticks();
     let stats = sim_stats(&http, &sim).await?;
     let load_at_end = bench::loadavg();
+    let metrics = consumer_metrics(&http, &consumer_addr)
+        .await
+        .unwrap_or_default();
+    let provider_latency = bench::prometheus_value(
+        &metrics,
+        "billing_provider_latency_seconds_sum{channel=\"email\"}",
+    )
+    .zip(bench::prometheus_value(
+        &metrics,
+        "billing_provider_latency_seconds_count{channel=\"email\"}",
+    ))
+    .map(|(sum, count)| sum / count.max(1.0));
 
     let rate = n as f64 / drain_secs;
     let t10 = bench::crossing_time(&samples, n as u64 / 10).unwrap_or(0.0);
@@ -791,10 +830,32 @@ async fn run(
             .map(|t| format!("{t:.1} s"))
             .unwrap_or_else(|| "(not seen)".into())
     );
-    let (relay_cpu, consumer_cpu, sim_cpu, tansu_cpu) = cpu_at_end;
+    let ((relay_cpu, consumer_cpu, sim_cpu, tansu_cpu), postgres_cpu) = cpu_at_end;
     println!(
-        "CPU seconds during the drain: consumer {consumer_cpu:.1}, relay {relay_cpu:.1}, provider-sim {sim_cpu:.1}, tansu {tansu_cpu:.1}; machine busy {machine_busy} (Postgres and other users' builds are the rest)"
+        "CPU seconds during the drain: consumer {consumer_cpu:.1}, relay {relay_cpu:.1}, provider-sim {sim_cpu:.1}, tansu {tansu_cpu:.1}, Postgres server (all its databases) {postgres_cpu:.1}; machine busy {machine_busy} of {drain_secs:.0} s x {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
+    // Little's law over the steady part: time a bill spends in the consumer = mean in flight /
+    // rate; what exceeds the provider's latency is the consumer's own path (claim, outcome,
+    // Kafka intake, waiting for CPU).
+    let steady_in_flight: Vec<f64> = in_flight
+        .iter()
+        .filter(|(t, _)| (t10..=t90).contains(t))
+        .map(|(_, v)| *v)
+        .collect();
+    if let (false, Some(latency)) = (steady_in_flight.is_empty(), provider_latency) {
+        let mean = steady_in_flight.iter().sum::<f64>() / steady_in_flight.len() as f64;
+        let residence = mean / steady;
+        println!(
+            "consumer, 10 %-90 %: mean in flight {mean:.0} of {}; time in flight per bill {:.0} ms = provider call {:.0} ms (mean) + {:.0} ms own path",
+            args.in_flight,
+            residence * 1000.0,
+            latency * 1000.0,
+            (residence - latency) * 1000.0
+        );
+    }
     println!("load average: at start {load_at_start}, at end {load_at_end}");
     Ok(())
 }
@@ -839,6 +900,8 @@ async fn rate_run(
         }
     }
     let hwm_kb = bench::proc_status_kb(consumer_pid, "VmHWM").unwrap_or(0);
+    let consumer_cpu = bench::proc_cpu_secs(consumer_pid).unwrap_or(0.0);
+    let elapsed = t0.elapsed().as_secs_f64();
     let c = counts(pool).await?;
     let stats = sim_stats(http, sim).await?;
     anyhow::ensure!(
@@ -914,7 +977,11 @@ async fn rate_run(
         c.sending,
         mb(hwm_kb.max(max_rss_kb))
     );
-    println!("load average at end: {}", bench::loadavg());
+    println!(
+        "consumer CPU: {consumer_cpu:.1} s over {elapsed:.0} s ({:.0} % of one core); load average at end: {}",
+        consumer_cpu * 100.0 / elapsed,
+        bench::loadavg()
+    );
     if !ok || !in_band {
         eprintln!("e2e: the send rate left the {lo:.0}-{hi:.0}/min band");
     }
