@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -32,7 +32,15 @@ enum Origin {
     /// The mock cluster lives on its own thread; it takes commands over this channel, and
     /// dropping the sender stops it.
     Mock(mpsc::Sender<MockCommand>),
-    Tansu(tokio::process::Child),
+    Tansu(Box<TansuProcess>),
+}
+
+/// A tansu process and what it takes to start it again on the same port.
+struct TansuProcess {
+    child: tokio::process::Child,
+    bin: PathBuf,
+    port: u16,
+    partitions: i32,
 }
 
 impl Broker {
@@ -85,12 +93,31 @@ impl Broker {
         reply_rx.recv().context("mock cluster thread is gone")?
     }
 
+    /// A tansu process (memory storage), whatever `KAFKA_BROKERS` says; fails when tansu is not
+    /// installed.
+    pub async fn tansu(partitions: i32) -> anyhow::Result<Self> {
+        let bin = tansu_binary().context("tansu is not installed (see README)")?;
+        start_tansu(bin, partitions).await
+    }
+
+    /// SIGKILL of the tansu process and a new one on the same port (topics created again). With
+    /// memory storage everything the old one held is gone: records and committed offsets.
+    pub async fn restart_process(&mut self) -> anyhow::Result<()> {
+        let Origin::Tansu(t) = &mut self.origin else {
+            bail!("a broker process restart needs the tansu broker started by xtask");
+        };
+        t.child.kill().await?;
+        t.child = spawn_tansu(&t.bin, t.port)?;
+        wait_answering(&self.bootstrap).await?;
+        shared::kafka::ensure_topics(&self.bootstrap, &TOPICS, t.partitions).await
+    }
+
     pub async fn stop(self) {
         match self.origin {
             Origin::External => {}
             Origin::Mock(stop) => drop(stop),
-            Origin::Tansu(mut child) => {
-                let _ = child.kill().await;
+            Origin::Tansu(mut t) => {
+                let _ = t.child.kill().await;
             }
         }
     }
@@ -170,8 +197,24 @@ fn tansu_binary() -> Option<PathBuf> {
 
 async fn start_tansu(bin: PathBuf, partitions: i32) -> anyhow::Result<Broker> {
     let port = super::postgres::free_port()?;
+    let child = spawn_tansu(&bin, port)?;
+    let bootstrap = format!("127.0.0.1:{port}");
+    wait_answering(&bootstrap).await?;
+    shared::kafka::ensure_topics(&bootstrap, &TOPICS, partitions).await?;
+    Ok(Broker {
+        bootstrap,
+        origin: Origin::Tansu(Box::new(TansuProcess {
+            child,
+            bin,
+            port,
+            partitions,
+        })),
+    })
+}
+
+fn spawn_tansu(bin: &Path, port: u16) -> anyhow::Result<tokio::process::Child> {
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = tokio::process::Command::new(&bin)
+    tokio::process::Command::new(bin)
         .args([
             "broker",
             "--storage-engine",
@@ -185,18 +228,16 @@ async fn start_tansu(bin: PathBuf, partitions: i32) -> anyhow::Result<Broker> {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("failed to start {}", bin.display()))?;
-    let bootstrap = format!("127.0.0.1:{port}");
+        .with_context(|| format!("failed to start {}", bin.display()))
+}
+
+async fn wait_answering(bootstrap: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !answers(&bootstrap).await {
+    while !answers(bootstrap).await {
         if tokio::time::Instant::now() > deadline {
             bail!("tansu did not answer on {bootstrap}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    shared::kafka::ensure_topics(&bootstrap, &TOPICS, partitions).await?;
-    Ok(Broker {
-        bootstrap,
-        origin: Origin::Tansu(child),
-    })
+    Ok(())
 }

@@ -10,6 +10,10 @@
 //! - `3x3`: three relays and three consumers at once (one group), one of each killed;
 //! - `consumer-stall`: one of two consumers SIGSTOPped past its lease, resumed after the other
 //!   one's sweeper reclaimed its bills; its late outcomes must be fenced.
+//! - `tansu-restart` (opt-in, not in `all`): a real broker process (tansu, memory storage)
+//!   killed and started again. Its storage does not survive, so records that were published
+//!   (acknowledged) but not yet consumed are gone: it shows what the platform relies on (a
+//!   broker that keeps what it acknowledged), not a guarantee it can give.
 //!
 //! Then it waits until every bill is SENT or DEAD (or a deadline) and checks the guarantees
 //! ([`verify`]). A moment is "seeded random": a fraction of the batch accepted (relay faults;
@@ -92,6 +96,8 @@ pub enum Pick {
     #[value(name = "3x3")]
     ThreeByThree,
     ConsumerStall,
+    /// Opt-in: needs tansu installed, and is expected to lose bills (see the module docs).
+    TansuRestart,
 }
 
 const SCENARIOS: [Pick; 5] = [
@@ -111,9 +117,15 @@ impl Pick {
             Pick::PostgresRestart => "postgres-restart",
             Pick::ThreeByThree => "3x3",
             Pick::ConsumerStall => "consumer-stall",
+            Pick::TansuRestart => "tansu-restart",
         }
     }
 }
+
+/// A scenario whose bills stop finishing for this long (every fault done, every bill enqueued)
+/// is checked as it is rather than waited on until its deadline: well above a consumer group's
+/// rebalance after a kill (session timeout 10 s, ~30 s seen with the mock cluster).
+const STALLED: Duration = Duration::from_secs(90);
 
 /// What progress a fault waits for.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +143,7 @@ enum Fault {
     BrokerOutage(Duration),
     PostgresRestart,
     StallConsumer(usize),
+    BrokerProcessRestart,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -209,6 +222,11 @@ fn plan(pick: Pick, quick: bool, rng: &mut StdRng) -> Scenario {
                 vec![at(rng, Metric::Finished, Fault::StallConsumer(c))],
             )
         }
+        Pick::TansuRestart => (
+            1,
+            1,
+            vec![at(rng, Metric::Finished, Fault::BrokerProcessRestart)],
+        ),
         Pick::All => unreachable!("expanded before planning"),
     };
     // A stalled consumer needs work to hold: not too early, not at the very end.
@@ -282,6 +300,7 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<usize> {
     } else {
         SCENARIOS
             .into_iter()
+            .chain([Pick::TansuRestart])
             .filter(|p| args.scenario.contains(p))
             .collect()
     };
@@ -415,7 +434,11 @@ async fn run_scenario(
     row: &mut Row,
 ) -> anyhow::Result<f64> {
     let _ = std::fs::remove_dir_all(&ctx.log_dir);
-    let broker = Broker::mock(6)?;
+    let mut broker = if scenario.pick == Pick::TansuRestart {
+        Broker::tansu(6).await?
+    } else {
+        Broker::mock(6)?
+    };
     let db_name = format!("faults_{}", scenario.pick.name().replace('-', "_"))
         .replace("3x3", "three_by_three");
     let result = async {
@@ -428,7 +451,7 @@ async fn run_scenario(
             shape,
         )
         .await?;
-        let outcome = drive(ctx, scenario, &mut platform, &broker, row).await;
+        let outcome = drive(ctx, scenario, &mut platform, &mut broker, row).await;
         let verdict = match &outcome {
             Ok(_) => {
                 let pool = sqlx::PgPool::connect(&platform.database_url).await?;
@@ -463,7 +486,7 @@ async fn drive(
     ctx: &Ctx<'_>,
     scenario: &Scenario,
     platform: &mut Platform,
-    broker: &Broker,
+    broker: &mut Broker,
     row: &mut Row,
 ) -> anyhow::Result<f64> {
     let tag = format!("{:x}{}", ctx.seed, scenario.pick.name().replace('-', ""));
@@ -484,6 +507,8 @@ async fn drive(
     let n = ctx.bills as f64;
     let mut plan = scenario.plan.clone();
     let mut last_print = Instant::now();
+    // Progress of the finished count, to give up early on a scenario that stopped moving.
+    let mut last_finished = (0, Instant::now());
     let name = scenario.pick.name();
     loop {
         for found in platform.supervise().await? {
@@ -529,6 +554,16 @@ async fn drive(
                     p.finished
                 );
                 last_print = Instant::now();
+            }
+            if p.finished != last_finished.0 {
+                last_finished = (p.finished, Instant::now());
+            }
+            if plan.is_empty() && enqueue.is_finished() && last_finished.1.elapsed() > STALLED {
+                println!(
+                    "faults[{name}]: no bill finished for {STALLED:?}; checking what there is"
+                );
+                row.notes.push("stalled".into());
+                break;
             }
             if plan.is_empty()
                 && enqueue.is_finished()
@@ -589,7 +624,7 @@ async fn poll(pool: &sqlx::PgPool) -> anyhow::Result<Progress> {
 /// Performs one fault and returns what it did, for the report.
 async fn inject(
     platform: &mut Platform,
-    broker: &Broker,
+    broker: &mut Broker,
     postgres: &Postgres,
     pool: &sqlx::PgPool,
     p: &Planned,
@@ -633,6 +668,10 @@ async fn inject(
             ))
         }
         Fault::StallConsumer(i) => stall(platform, pool, i).await,
+        Fault::BrokerProcessRestart => {
+            broker.restart_process().await?;
+            Ok("kill -KILL of the tansu broker process, a new one on the same port".into())
+        }
     }
 }
 
