@@ -51,7 +51,7 @@ pub struct Settings {
     )]
     pub group: String,
     /// Bills in flight at once over all partitions (bounds memory; intake pauses when full).
-    #[arg(long = "max-in-flight", env = "MAX_IN_FLIGHT", default_value_t = 2000)]
+    #[arg(long = "max-in-flight", env = "MAX_IN_FLIGHT", default_value_t = 2500)]
     pub max_in_flight: usize,
     /// Lease of a claimed bill; the sweeper hands back bills whose lease expired.
     #[arg(long = "lease-secs", env = "LEASE_SECS", default_value_t = 60)]
