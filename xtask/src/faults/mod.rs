@@ -873,3 +873,67 @@ fn print_table(rows: &[Row]) {
     }
     println!();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(pick: Pick, seed: u64) -> Vec<String> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        plan(pick, false, &mut rng)
+            .plan
+            .iter()
+            .map(|p| format!("{:?}", (p.at, p.fault, p.jitter, p.down)))
+            .collect()
+    }
+
+    #[test]
+    fn one_seed_plans_the_same_faults_at_the_same_moments() {
+        for pick in SCENARIOS {
+            assert_eq!(planned(pick, 2026), planned(pick, 2026));
+        }
+        assert_ne!(planned(Pick::Sigkill, 1), planned(Pick::Sigkill, 2));
+    }
+
+    #[test]
+    fn full_sigkill_kills_relay_and_consumer_five_times_each_inside_the_flow() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let s = plan(Pick::Sigkill, false, &mut rng);
+        let relay = s
+            .plan
+            .iter()
+            .filter(|p| matches!(p.fault, Fault::KillRelay(_)))
+            .count();
+        let consumer = s
+            .plan
+            .iter()
+            .filter(|p| matches!(p.fault, Fault::KillConsumer(_)))
+            .count();
+        assert_eq!((relay, consumer), (5, 5));
+        assert!(s.plan.iter().all(|p| (0.05..0.8).contains(&p.at)));
+    }
+
+    #[test]
+    fn the_re_send_budget_is_one_percent_at_full_size_and_the_in_flight_window_below() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let stall = plan(Pick::ConsumerStall, true, &mut rng);
+        assert_eq!(resend_budget(20_000, &stall.plan), 200);
+        assert_eq!(
+            resend_budget(2_500, &stall.plan),
+            2 * platform::MAX_IN_FLIGHT as i64
+        );
+        // Relay kills cannot strand a sent bill: they do not widen the budget.
+        let relay_only: Vec<Planned> = plan(Pick::Sigkill, true, &mut rng)
+            .plan
+            .into_iter()
+            .filter(|p| matches!(p.fault, Fault::KillRelay(_)))
+            .collect();
+        assert_eq!(resend_budget(2_500, &relay_only), 25);
+    }
+
+    #[test]
+    fn all_leaves_out_the_opt_in_tansu_restart() {
+        assert!(!SCENARIOS.contains(&Pick::TansuRestart));
+        assert!(!SCENARIOS.contains(&Pick::All));
+    }
+}
