@@ -113,6 +113,51 @@ pub fn prometheus_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// A database created for one benchmark run on the server of `DATABASE_URL`, dropped by
+/// [`ScratchDb::finish`] unless the caller keeps it.
+pub struct ScratchDb {
+    /// The server's connection options (any database of it).
+    pub server: sqlx::postgres::PgConnectOptions,
+    /// The scratch database's name: `<prefix>_<pid>`.
+    pub name: String,
+    admin: sqlx::PgConnection,
+}
+
+impl ScratchDb {
+    pub async fn create(server_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use sqlx::{ConnectOptions, Executor};
+        use std::str::FromStr;
+        let server = sqlx::postgres::PgConnectOptions::from_str(server_url)
+            .context("DATABASE_URL is not a Postgres URL")?;
+        let name = format!("{prefix}_{}", std::process::id());
+        let mut admin = server
+            .connect()
+            .await
+            .context("failed to connect to DATABASE_URL")?;
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
+        Ok(Self {
+            server,
+            name,
+            admin,
+        })
+    }
+
+    /// Drops the database, or says where it was kept.
+    pub async fn finish(mut self, keep: bool) -> anyhow::Result<()> {
+        use sqlx::Executor;
+        if keep {
+            println!("kept database {}", self.name);
+        } else {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            self.admin.execute(drop.as_str()).await?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

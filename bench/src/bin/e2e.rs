@@ -34,10 +34,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use shared::crypto::Keyring;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgPool};
+use sqlx::{Executor, PgPool};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -135,27 +134,12 @@ async fn main() -> anyhow::Result<()> {
         .join(format!("run-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir)?;
 
-    let server = PgConnectOptions::from_str(&args.database_url)
-        .context("DATABASE_URL is not a Postgres URL")?;
-    let db = format!("bench_e2e_{}", std::process::id());
-    let mut admin = server
-        .clone()
-        .connect()
-        .await
-        .context("failed to connect to DATABASE_URL")?;
-    admin
-        .execute(format!("CREATE DATABASE {db}").as_str())
-        .await?;
+    let scratch = bench::ScratchDb::create(&args.database_url, "bench_e2e").await?;
+    let (server, db) = (&scratch.server, scratch.name.as_str());
     let mut procs = Procs::default();
-    let result = run(&args, &server, &db, &bin_dir, &log_dir, &mut procs).await;
+    let result = run(&args, server, db, &bin_dir, &log_dir, &mut procs).await;
     procs.stop_all().await;
-    if args.keep_db {
-        println!("kept database {db}");
-    } else {
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
-            .await?;
-    }
+    scratch.finish(args.keep_db).await?;
     println!("logs: {}", log_dir.display());
     result
 }

@@ -20,8 +20,6 @@ use serde_json::{json, Value};
 use shared::config::Topics;
 use shared::crypto::Keyring;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,25 +81,10 @@ fn bill(n: usize) -> Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let server = PgConnectOptions::from_str(&args.database_url)
-        .context("DATABASE_URL is not a Postgres URL")?;
-    let db = format!("bench_enqueue_{}", std::process::id());
-    let mut admin = server
-        .clone()
-        .connect()
-        .await
-        .context("failed to connect to DATABASE_URL")?;
-    admin
-        .execute(format!("CREATE DATABASE {db}").as_str())
-        .await?;
-    let result = run(&args, &server, &db).await;
-    if args.keep_db {
-        println!("kept database {db}");
-    } else {
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
-            .await?;
-    }
+    let scratch = bench::ScratchDb::create(&args.database_url, "bench_enqueue").await?;
+    let (server, db) = (&scratch.server, scratch.name.as_str());
+    let result = run(&args, server, db).await;
+    scratch.finish(args.keep_db).await?;
     result
 }
 

@@ -32,9 +32,8 @@ use shared::domain::{BillId, Channel};
 use shared::events::event_type;
 use shared::outbox::NewOutboxEvent;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgPool};
+use sqlx::{Executor, PgPool};
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -91,25 +90,10 @@ async fn main() -> anyhow::Result<()> {
     shared::telemetry::init();
     // The relay records its metrics as in production.
     shared::ops::metrics_handle();
-    let server = PgConnectOptions::from_str(&args.database_url)
-        .context("DATABASE_URL is not a Postgres URL")?;
-    let db = format!("bench_relay_{}", std::process::id());
-    let mut admin = server
-        .clone()
-        .connect()
-        .await
-        .context("failed to connect to DATABASE_URL")?;
-    admin
-        .execute(format!("CREATE DATABASE {db}").as_str())
-        .await?;
-    let result = run(&args, &server, &db).await;
-    if args.keep_db {
-        println!("kept database {db}");
-    } else {
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
-            .await?;
-    }
+    let scratch = bench::ScratchDb::create(&args.database_url, "bench_relay").await?;
+    let (server, db) = (&scratch.server, scratch.name.as_str());
+    let result = run(&args, server, db).await;
+    scratch.finish(args.keep_db).await?;
     result
 }
 
