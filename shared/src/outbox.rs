@@ -14,6 +14,10 @@ use sqlx::{PgConnection, PgPool};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
+/// Shortest gap between two notifications of one [`RelayWaker`]: bounds the wake latency
+/// it adds and the NOTIFY load it puts on Postgres.
+const WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The channel relays listen on.
 pub const NOTIFY_CHANNEL: &str = "outbox_inserted";
 
@@ -168,6 +172,9 @@ impl RelayWaker {
                         // The relay's polling fallback picks the rows up; nothing is lost.
                         tracing::debug!(error = %e, "failed to notify relays");
                     }
+                    // At most one NOTIFY per interval: pokes meanwhile fold into the next one,
+                    // so a busy API sends ~200 notifications/s, not one per commit.
+                    tokio::time::sleep(WAKE_INTERVAL).await;
                 }
             });
             tx
