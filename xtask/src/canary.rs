@@ -167,7 +167,7 @@ async fn run_canary(
     running: &mut Vec<Service>,
 ) -> anyhow::Result<(Report, PathBuf, Vec<String>)> {
     let mut canaries = Canaries::new();
-    let database_url = fresh_database(&env.postgres.url, "billing_canary").await?;
+    let database_url = crate::env::fresh_database(&env.postgres.url, "billing_canary").await?;
     let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/canary")
         .join(&canaries.run);
@@ -929,20 +929,4 @@ async fn read_topics(brokers: &str) -> anyhow::Result<Vec<Record>> {
         Ok(out)
     })
     .await?
-}
-
-/// Drops and creates `name` on the environment's server; returns its URL.
-async fn fresh_database(server_url: &str, name: &str) -> anyhow::Result<String> {
-    let admin = PgPool::connect(server_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let (base, _) = server_url
-        .rsplit_once('/')
-        .context("DATABASE_URL has no database name")?;
-    Ok(format!("{base}/{name}"))
 }

@@ -247,16 +247,5 @@ async fn demo_database(server_url: &str) -> anyhow::Result<String> {
     if std::env::var("DATABASE_URL").is_ok_and(|u| u == server_url) {
         return Ok(server_url.to_owned());
     }
-    let admin = sqlx::PgPool::connect(server_url).await?;
-    sqlx::query("DROP DATABASE IF EXISTS billing_demo WITH (FORCE)")
-        .execute(&admin)
-        .await?;
-    sqlx::query("CREATE DATABASE billing_demo")
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let (base, _) = server_url
-        .rsplit_once('/')
-        .context("DATABASE_URL has no database name")?;
-    Ok(format!("{base}/billing_demo"))
+    crate::env::fresh_database(server_url, "billing_demo").await
 }

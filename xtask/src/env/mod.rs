@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use std::process::Stdio;
 
 pub use broker::Broker;
-pub use postgres::{free_port, Postgres};
+pub use postgres::{free_port, fresh_database, Postgres};
 
 /// Which broker to start when `KAFKA_BROKERS` does not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -177,6 +177,23 @@ impl Postgres {
     }
 }
 
+/// Drops and recreates database `name` on the server of `server_url` and returns its URL: each
+/// demo, canary and fault run starts from an empty database.
+pub async fn fresh_database(server_url: &str, name: &str) -> anyhow::Result<String> {
+    let admin = sqlx::PgPool::connect(server_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let (base, _) = server_url
+        .rsplit_once('/')
+        .context("DATABASE_URL has no database name")?;
+    Ok(format!("{base}/{name}"))
+}
+
 async fn answers(url: &str) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_secs(3), sqlx::PgConnection::connect(url)).await,

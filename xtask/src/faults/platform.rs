@@ -58,7 +58,7 @@ impl Platform {
         shape: &Shape,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&log_dir)?;
-        let database_url = fresh_database(server_url, db_name).await?;
+        let database_url = crate::env::fresh_database(server_url, db_name).await?;
         let keys = shared::crypto::Keyring::generate_spec("faults");
         let common = vec![
             ("DATABASE_URL", database_url.clone()),
@@ -273,20 +273,4 @@ fn with(
     extra: &[(&'static str, String)],
 ) -> Vec<(&'static str, String)> {
     common.iter().chain(extra).cloned().collect()
-}
-
-/// Drops and creates `name` on the server, returning its URL.
-async fn fresh_database(server_url: &str, name: &str) -> anyhow::Result<String> {
-    let admin = sqlx::PgPool::connect(server_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let (base, _) = server_url
-        .rsplit_once('/')
-        .context("the server URL has no database name")?;
-    Ok(format!("{base}/{name}"))
 }
