@@ -11,6 +11,8 @@ pub const BILLS_ACCEPTED: &str = "billing_api_bills_accepted_total";
 /// Create requests answered again from their idempotency key (same key, same body).
 pub const BILLS_REPLAYED: &str = "billing_api_idempotent_replays_total";
 pub const IDEMPOTENCY_CONFLICTS: &str = "billing_api_idempotency_conflicts_total";
+/// Single bills committed together by one writer statement (see [`crate::writers`]).
+pub const WRITE_GROUP_SIZE: &str = "billing_api_write_group_bills";
 
 /// Middleware recording one count and one duration per request, labelled by route template
 /// (never by the concrete path, which would carry ids and explode cardinality).

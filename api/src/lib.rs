@@ -14,6 +14,7 @@ pub mod state;
 pub mod trace_context;
 pub mod validation;
 pub mod write;
+pub mod writers;
 
 use anyhow::Context;
 use settings::{Cli, Command};

@@ -1,6 +1,7 @@
 //! Command line and environment of `billing-api`: one typed struct, every option a flag and an
 //! environment variable, validated at start with messages that say what to set.
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use shared::config::{DatabaseArgs, KafkaArgs, KeyringArgs};
@@ -58,6 +59,16 @@ pub struct Settings {
         default_value_t = 30
     )]
     pub request_timeout_secs: u64,
+    /// Connections that single-bill requests (`POST /v1/bills`) are written on, held by as
+    /// many writer tasks, on top of the `DB_MAX_CONNECTIONS` pool the other requests use.
+    #[arg(long = "writers", env = "API_WRITERS", default_value_t = crate::state::DEFAULT_WRITERS,
+          value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
+    pub writers: usize,
+    /// Most waiting single bills a writer commits together with one statement (group commit;
+    /// 1 writes every bill with its own statement). A writer never waits to fill a group.
+    #[arg(long = "write-group", env = "API_WRITE_GROUP", default_value_t = crate::state::DEFAULT_WRITE_GROUP,
+          value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
+    pub write_group: usize,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -74,6 +85,8 @@ impl fmt::Debug for Settings {
             .field("migrate", &self.migrate)
             .field("max_replays", &self.max_replays)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("writers", &self.writers)
+            .field("write_group", &self.write_group)
             .field("database", &self.database)
             .field("kafka", &self.kafka)
             .field("keyring", &self.keyring)

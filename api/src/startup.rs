@@ -179,7 +179,8 @@ impl Application {
             settings.kafka.topics.clone(),
             settings.admin_token.clone(),
             settings.max_replays,
-        );
+        )
+        .with_writers(settings.writers, settings.write_group);
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("failed to bind API_ADDR {}", settings.addr))?;

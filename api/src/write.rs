@@ -15,7 +15,7 @@ use shared::domain::{BillId, Channel};
 use shared::events::event_type;
 use shared::outbox::NewOutboxEvent;
 use sqlx::types::Json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -115,7 +115,10 @@ pub enum Written {
 
 /// Inserts one bill with its items and outbox row in one statement, or resolves its key.
 #[tracing::instrument(skip_all, fields(bill.id = %bill.id))]
-pub async fn insert_one(pool: &PgPool, bill: &PreparedBill) -> Result<Written, sqlx::Error> {
+pub async fn insert_one(
+    conn: &mut PgConnection,
+    bill: &PreparedBill,
+) -> Result<Written, sqlx::Error> {
     // A conflicting row can vanish between our insert and our read (its transaction rolled
     // back), so try again a few times before giving up.
     for _ in 0..3 {
@@ -141,7 +144,7 @@ pub async fn insert_one(pool: &PgPool, bill: &PreparedBill) -> Result<Written, s
             .bind(&bill.outbox.event_type)
             .bind(Json(&bill.outbox.payload))
             .bind(Json(&bill.outbox.headers))
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
         if let Some(id) = inserted {
             return Ok(Written::Inserted(BillId(id)));
@@ -154,7 +157,7 @@ pub async fn insert_one(pool: &PgPool, bill: &PreparedBill) -> Result<Written, s
         let existing: Option<(Uuid, Option<Vec<u8>>)> =
             sqlx::query_as("SELECT id, request_hash FROM bills WHERE idempotency_key = $1")
                 .bind(key)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
         if let Some((id, hash)) = existing {
             return Ok(match compare(hash.as_deref(), &bill.request_hash) {
@@ -194,14 +197,13 @@ pub const INSERT_BATCH_SQL: &str = "WITH b AS (
 )
 SELECT id FROM b";
 
-/// Inserts a batch in one transaction. Returns, per bill, `Inserted` or `Replayed`; or, when
-/// any key was used before with another body, rolls back everything and returns the indexes
-/// of those bills.
-#[tracing::instrument(skip_all, fields(batch.size = bills.len()))]
-pub async fn insert_batch(
-    pool: &PgPool,
-    bills: &[PreparedBill],
-) -> Result<Result<Vec<Written>, Vec<usize>>, sqlx::Error> {
+/// Runs [`INSERT_BATCH_SQL`] for `bills` (all of one outbox topic and event type) on `conn`,
+/// one statement, so atomic even outside a transaction. Returns the ids of the bills inserted;
+/// a bill whose idempotency key already existed (or repeats an earlier one of `bills`) is not.
+pub async fn insert_rows(
+    conn: &mut PgConnection,
+    bills: &[&PreparedBill],
+) -> Result<Vec<Uuid>, sqlx::Error> {
     let n = bills.len();
     let items: usize = bills.iter().map(|b| b.item_names.len()).sum();
     let mut ids = Vec::with_capacity(n);
@@ -255,11 +257,10 @@ pub async fn insert_batch(
         headers.push(Json(&b.outbox.headers));
     }
     let Some(first) = bills.first() else {
-        return Ok(Ok(Vec::new()));
+        return Ok(Vec::new());
     };
 
-    let mut tx = pool.begin().await?;
-    let inserted: Vec<Uuid> = sqlx::query_scalar(INSERT_BATCH_SQL)
+    sqlx::query_scalar(INSERT_BATCH_SQL)
         .bind(&ids)
         .bind(&keys)
         .bind(&hashes)
@@ -283,15 +284,25 @@ pub async fn insert_batch(
         .bind(&ids)
         .bind(&payloads)
         .bind(&headers)
-        .fetch_all(&mut *tx)
-        .await?;
+        .fetch_all(conn)
+        .await
+}
+
+/// Inserts a batch in one transaction. Returns, per bill, `Inserted` or `Replayed`; or, when
+/// any key was used before with another body, rolls back everything and returns the indexes
+/// of those bills.
+#[tracing::instrument(skip_all, fields(batch.size = bills.len()))]
+pub async fn insert_batch(
+    pool: &PgPool,
+    bills: &[PreparedBill],
+) -> Result<Result<Vec<Written>, Vec<usize>>, sqlx::Error> {
+    let n = bills.len();
+    let mut tx = pool.begin().await?;
+    let inserted = insert_rows(&mut tx, &bills.iter().collect::<Vec<_>>()).await?;
 
     if inserted.len() == n {
         tx.commit().await?;
-        return Ok(Ok(ids
-            .into_iter()
-            .map(|id| Written::Inserted(BillId(id)))
-            .collect()));
+        return Ok(Ok(bills.iter().map(|b| Written::Inserted(b.id)).collect()));
     }
 
     // Some keys already existed: each must carry the same request, or the batch is refused.

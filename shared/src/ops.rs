@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,6 +22,14 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .set_buckets(&[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
+                .expect("static buckets are valid")
+                // Histograms of counts rather than seconds (names ending in `_bills`).
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_bills".into()),
+                    &[
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0,
+                    ],
+                )
                 .expect("static buckets are valid");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

@@ -321,6 +321,80 @@ async fn concurrent_requests_with_one_key_create_one_bill(pool: PgPool) {
     assert_eq!(count(&pool, "SELECT count(*) FROM bill_items").await, 2);
 }
 
+/// One writer and many concurrent requests: the requests that wait while it writes are
+/// committed together (group commit), each still answered for itself: new bills with their
+/// own ids, repeats of a key with the first bill, a key reused with another body with 409.
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn bills_committed_together_are_answered_one_by_one(pool: PgPool) {
+    let app = billing_api::startup::router(state(pool.clone()).with_writers(1, 64));
+    let tasks: Vec<_> = (0..60)
+        .map(|n| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let answer = match n % 3 {
+                    0 => send(&app, post("/v1/bills", &bill(n))).await,
+                    1 => send(&app, post_with_key("/v1/bills", "shared", &bill(1))).await,
+                    _ if n == 2 => send(&app, post_with_key("/v1/bills", "shared", &bill(2))).await,
+                    _ => {
+                        send(
+                            &app,
+                            post_with_key("/v1/bills", &format!("own-{n}"), &bill(n)),
+                        )
+                        .await
+                    }
+                };
+                (n, answer)
+            })
+        })
+        .collect();
+    // "shared" is sent 20 times with one body and once (n = 2) with another: whichever body
+    // is written first owns the key, and every request with the other body is a 409.
+    let mut fresh = std::collections::HashSet::new();
+    let (mut shared_ids, mut shared_conflicts, mut other_body) = (Vec::new(), 0, 0);
+    for task in tasks {
+        let (n, answer) = task.await.unwrap();
+        if n == 2 {
+            other_body = answer.status.as_u16();
+            continue;
+        }
+        if n % 3 == 1 && answer.status == 409 {
+            answer.problem(409);
+            shared_conflicts += 1;
+            continue;
+        }
+        assert_eq!(answer.status, 202, "{}", answer.raw);
+        let id = answer.body["id"].as_str().unwrap().to_owned();
+        if n % 3 == 1 {
+            shared_ids.push(id);
+        } else {
+            assert!(fresh.insert(id), "two requests answered with one id");
+        }
+    }
+    shared_ids.dedup();
+    match other_body {
+        409 => assert_eq!((shared_ids.len(), shared_conflicts), (1, 0)),
+        202 => assert_eq!((shared_ids.len(), shared_conflicts), (0, 20)),
+        other => panic!("the other body under the shared key was answered {other}"),
+    }
+    // 20 unkeyed + 19 with their own key, and one bill for "shared" whichever body won.
+    assert_eq!(fresh.len(), 39);
+    assert!(shared_ids.len() <= 1, "{shared_ids:?}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM bills").await, 40);
+    assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 40);
+    assert_eq!(count(&pool, "SELECT count(*) FROM bill_items").await, 80);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM bills WHERE idempotency_key = 'shared'"
+        )
+        .await,
+        1
+    );
+    // Bills written by one statement share its transaction id.
+    let transactions = count(&pool, "SELECT count(DISTINCT xmin::text) FROM bills").await;
+    assert!(transactions < 40, "no two bills were committed together");
+}
+
 #[sqlx::test(migrator = "shared::MIGRATOR")]
 async fn nul_characters_in_any_text_field_are_a_422_never_a_500(pool: PgPool) {
     let app = app(pool);

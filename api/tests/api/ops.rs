@@ -205,3 +205,41 @@ async fn a_request_that_outlives_the_timeout_is_a_503_problem() {
         answer.raw
     );
 }
+
+/// A single-bill writer keeps its connection between bills; when Postgres kills it (restart,
+/// failover, `pg_terminate_backend`) at most the next bill is refused with a 503, whose
+/// client retries, and the writer carries on with a fresh connection.
+#[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_writer_whose_connection_was_killed_recovers_on_the_next_bill(pool: PgPool) {
+    let app = billing_api::startup::router(state(pool.clone()).with_writers(1, 1));
+    assert_eq!(send(&app, post("/v1/bills", &bill(0))).await.status, 202);
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the writer's connection was not found");
+    let mut refused = 0;
+    let mut accepted = 0;
+    for n in 1..=3 {
+        let answer = send(&app, post("/v1/bills", &bill(n))).await;
+        match answer.status.as_u16() {
+            202 => accepted += 1,
+            503 => {
+                answer.problem(503);
+                refused += 1;
+            }
+            other => panic!("answered {other}: {}", answer.raw),
+        }
+    }
+    assert!(
+        refused <= 1,
+        "{refused} bills refused after one lost connection"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM bills").await,
+        1 + accepted
+    );
+}

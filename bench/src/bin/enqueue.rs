@@ -1,8 +1,11 @@
 //! Enqueue benchmark: how fast `billing-api` accepts bills, against the physical limit.
 //!
 //! Creates a fresh database (`bench_enqueue_<pid>`) on the server of `DATABASE_URL`, migrates
-//! it, starts the API in-process on port 0, then measures
-//! 1. single `POST /v1/bills` at concurrency C (bills/s, median of the rounds),
+//! it, starts the API as its own process (this binary re-run as `billing-api serve`: the same
+//! `billing_api::run` the real binary calls, settings from the environment), then measures
+//! 1. single `POST /v1/bills` at concurrency C (bills/s, median of the rounds), driven by `wrk`
+//!    (a C load generator in its own process, as pgbench's client is) when it is installed,
+//!    else by an in-process reqwest client (which competes with the API for the two cores),
 //! 2. `POST /v1/bills/batch` of 1,000 bills (bills/s, median of the rounds), against the
 //!    30,000 bills/s target,
 //! 3. `pgbench` running THE SAME SQL statement the API executes for one bill
@@ -12,18 +15,15 @@
 //! Run: `cargo run --release -p bench --bin enqueue -- --help`.
 
 use anyhow::{bail, Context};
-use billing_api::state::AppState;
 use billing_api::validation::{parse_bill, Loc};
 use billing_api::write::{PreparedBill, INSERT_ONE_SQL};
 use clap::Parser;
 use serde_json::{json, Value};
-use shared::config::Topics;
 use shared::crypto::Keyring;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,10 +57,24 @@ struct Args {
     /// pgbench query mode (`prepared` matches the API's prepared statements).
     #[arg(long, default_value = "prepared")]
     pgbench_mode: String,
+    /// What sends the single-bill requests: `wrk` (a separate C process, like pgbench's
+    /// client; `apt-get install wrk`), `reqwest` (in this process), or `auto` (wrk when found).
+    #[arg(long, default_value = "auto")]
+    client: String,
+    /// The API's single-bill writers (`API_WRITERS`; its default when unset).
+    #[arg(long)]
+    api_writers: Option<usize>,
+    /// Most waiting single bills a writer commits together (`API_WRITE_GROUP`; 1 = one
+    /// statement per bill, as pgbench runs; the API's default when unset).
+    #[arg(long)]
+    api_write_group: Option<usize>,
     /// Keep the benchmark database afterwards.
     #[arg(long)]
     keep_db: bool,
 }
+
+/// First argument that makes this binary run the API server instead of the benchmark.
+const SERVE_API: &str = "__serve-api";
 
 const BATCH_TARGET: f64 = 30_000.0;
 const SINGLE_TARGET_RATIO: f64 = 0.70;
@@ -80,6 +94,13 @@ fn bill(n: usize) -> Value {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(SERVE_API) {
+        // The API process: exactly what `billing-api serve` runs, configured by the
+        // environment the benchmark set.
+        shared::telemetry::init();
+        let cli = billing_api::settings::Cli::parse_from(["billing-api", "serve"]);
+        return billing_api::run(cli).await;
+    }
     let args = Args::parse();
     let scratch = bench::ScratchDb::create(&args.database_url, "bench_enqueue").await?;
     let (server, db) = (&scratch.server, scratch.name.as_str());
@@ -95,16 +116,16 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
         .connect_with(server.clone().database(db))
         .await?;
     shared::MIGRATOR.run(&pool).await?;
-    let keyring = Keyring::parse(&Keyring::generate_spec("bench"))?;
-    let state = AppState::new(pool.clone(), keyring.clone(), Topics::default(), None, 3);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let app = billing_api::startup::Application::from_parts(
-        listener,
-        billing_api::startup::router(state),
-    )?;
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let cancel = CancellationToken::new();
-    let server_task = tokio::spawn(app.run_until_stopped(cancel.clone()));
+    let key_spec = Keyring::generate_spec("bench");
+    let keyring = Keyring::parse(&key_spec)?;
+    let api = ApiProcess::start(&pg_url(server, db), &key_spec, c, args).await?;
+    let base = api.base.clone();
+    let use_wrk = match args.client.as_str() {
+        "wrk" => true,
+        "reqwest" => false,
+        "auto" => which("wrk"),
+        other => bail!("--client must be wrk, reqwest or auto, not {other}"),
+    };
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(c.max(args.batch_concurrency))
@@ -114,13 +135,29 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
         bytes_of(&json!({"bills": (0..args.batch_size).map(bill).collect::<Vec<_>>()}));
 
     println!(
-        "billing-api enqueue benchmark: {} cores, concurrency {c}, {} rounds x {} s, database {db}",
+        "billing-api enqueue benchmark: {} cores, concurrency {c}, {} rounds x {} s, database {db}, load {}",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         args.rounds,
-        args.seconds
+        args.seconds,
+        bench::loadavg()
     );
+    println!(
+        "  API: separate process (pid {}), API_WRITERS {}, API_WRITE_GROUP {}; single-bill client: {}",
+        api.child.id().unwrap_or(0),
+        args.api_writers
+            .unwrap_or(billing_api::state::DEFAULT_WRITERS),
+        args.api_write_group
+            .unwrap_or(billing_api::state::DEFAULT_WRITE_GROUP),
+        if use_wrk {
+            "wrk, 2 threads, separate process"
+        } else {
+            "reqwest, in this process"
+        }
+    );
+    let wrk_script = std::env::temp_dir().join(format!("{db}.lua"));
+    std::fs::write(&wrk_script, wrk_lua(&single_body))?;
     // Warm-up: connections, prepared statements, caches.
     drive(
         &client,
@@ -150,15 +187,26 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
     let mut singles = Vec::new();
     let mut tps_rounds = Vec::new();
     for round in 1..=args.rounds {
-        let rate = drive(
-            &client,
-            &format!("{base}/v1/bills"),
-            &single_body,
-            c,
-            Duration::from_secs(args.seconds),
-            1,
-        )
-        .await?;
+        let rate = if use_wrk {
+            wrk(
+                &pool,
+                &format!("{base}/v1/bills"),
+                &wrk_script,
+                c,
+                args.seconds,
+            )
+            .await?
+        } else {
+            drive(
+                &client,
+                &format!("{base}/v1/bills"),
+                &single_body,
+                c,
+                Duration::from_secs(args.seconds),
+                1,
+            )
+            .await?
+        };
         println!("  single  round {round}: {rate:>9.0} bills/s");
         singles.push(rate);
         let tps = pgbench(&url, &script_path, c, args.seconds, &args.pgbench_mode)?;
@@ -173,6 +221,9 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
     } else {
         let _ = std::fs::remove_file(&script_path);
     }
+    let _ = std::fs::remove_file(&wrk_script);
+    // Bills per single-bill commit over the single rounds (the writers' group histogram).
+    let per_commit = group_mean(&client, &base).await?;
     let mut batches = Vec::new();
     for round in 1..=args.rounds {
         let rate = drive(
@@ -190,8 +241,7 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
         );
         batches.push(rate);
     }
-    cancel.cancel();
-    let _ = server_task.await;
+    api.stop().await;
 
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM bills")
         .fetch_one(&pool)
@@ -212,6 +262,9 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
         ratio * 100.0,
         SINGLE_TARGET_RATIO * 100.0,
         verdict(ratio >= SINGLE_TARGET_RATIO)
+    );
+    println!(
+        "    the API committed {per_commit:.1} single bills per statement on average (group commit); pgbench commits one per transaction"
     );
     println!(
         "  batch POST /v1/bills/batch : {batch:>9.0} bills/s   target {BATCH_TARGET:.0} bills/s ({:.0}%) {}",
@@ -427,4 +480,158 @@ fn pgbench(
         .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no tps in pgbench output:\n{stdout}"))
+}
+
+/// The API server, run as a child process of this binary.
+struct ApiProcess {
+    child: tokio::process::Child,
+    base: String,
+}
+
+impl ApiProcess {
+    /// Starts `billing-api serve` on a free port with a pool of `connections` (batches) and the
+    /// writers `args` ask for (single bills), and waits until `/readyz` answers.
+    async fn start(
+        database_url: &str,
+        key_spec: &str,
+        connections: usize,
+        args: &Args,
+    ) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        if let Some(writers) = args.api_writers {
+            command.env("API_WRITERS", writers.to_string());
+        }
+        if let Some(group) = args.api_write_group {
+            command.env("API_WRITE_GROUP", group.to_string());
+        }
+        let child = command
+            .arg(SERVE_API)
+            .env("DATABASE_URL", database_url)
+            .env("DB_MAX_CONNECTIONS", connections.to_string())
+            .env("API_ADDR", format!("127.0.0.1:{port}"))
+            .env("BILLING_ENCRYPTION_KEYS", key_spec)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .context("failed to start the API process")?;
+        let api = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", api.base)).send().await {
+                if r.status().is_success() {
+                    return Ok(api);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the API process did not become ready in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM (graceful shutdown), then wait.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn which(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// The wrk script: POST the bill body; every request creates a new bill (no idempotency key).
+fn wrk_lua(body: &[u8]) -> String {
+    let body = String::from_utf8_lossy(body);
+    format!(
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [==[{body}]==]\n"
+    )
+}
+
+/// Runs wrk for `seconds` with `clients` connections over 2 threads (pgbench's `-j 2`) and
+/// returns bills per second as counted in the database (rows written over wrk's run), after
+/// checking that every answer was 202.
+async fn wrk(
+    pool: &sqlx::PgPool,
+    url: &str,
+    script: &std::path::Path,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let count = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM bills").fetch_one(pool);
+    let before = count().await?;
+    let started = Instant::now();
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t", "2", "-c", &clients.to_string(), "-d"])
+        .arg(format!("{seconds}s"))
+        .arg("-s")
+        .arg(script)
+        .arg(url)
+        .output()
+        .await
+        .context("failed to run wrk")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if let Some(line) = stdout.lines().find(|l| l.contains("Non-2xx")) {
+        bail!("the API refused requests under wrk: {}", line.trim());
+    }
+    // "  12345 requests in 5.00s, 3.1MB read": wrk's measured window.
+    let window: f64 = stdout
+        .lines()
+        .find_map(|l| l.split_once(" requests in "))
+        .and_then(|(_, rest)| rest.split(['s', ',']).next())
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no 'requests in' line in wrk output:\n{stdout}"))?;
+    let written = (count().await? - before) as f64;
+    // The database count is the ground truth for how many bills were accepted; requests still
+    // in flight when wrk stopped its clock are a rounding error at 5 s.
+    Ok(written / window.clamp(0.1, elapsed))
+}
+
+/// Mean of the API's `billing_api_write_group_bills` histogram (sum / count) from `/metrics`.
+async fn group_mean(client: &reqwest::Client, base: &str) -> anyhow::Result<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let sum = value("billing_api_write_group_bills_sum").context("no write group histogram")?;
+    let count = value("billing_api_write_group_bills_count").context("no write group histogram")?;
+    Ok(sum / count.max(1.0))
 }

@@ -9,7 +9,7 @@ use crate::idempotency::{self, REPLAYED_HEADER};
 use crate::state::AppState;
 use crate::trace_context::TraceContext;
 use crate::validation::{parse_bill, Loc};
-use crate::write::{insert_one, PreparedBill, Written};
+use crate::write::{PreparedBill, Written};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,7 +58,7 @@ pub async fn create_bill(
         &state.topics().email,
         &trace.traceparent(),
     );
-    match insert_one(&state.pool, &prepared).await? {
+    match state.writers.insert(prepared).await? {
         Written::Inserted(id) => {
             state.relay_waker.poke();
             metrics::counter!(BILLS_ACCEPTED, "mode" => "single").increment(1);
