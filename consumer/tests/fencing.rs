@@ -153,7 +153,7 @@ async fn a_stalled_worker_whose_lease_was_reclaimed_cannot_overwrite_the_new_out
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM outbox WHERE type = 'bill.sms_requested'"
+            "SELECT count(*) FROM outbox_events WHERE type = 'bill.sms_requested'"
         )
         .await,
         0
@@ -161,7 +161,7 @@ async fn a_stalled_worker_whose_lease_was_reclaimed_cannot_overwrite_the_new_out
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM outbox WHERE type = 'bill.email_requested'"
+            "SELECT count(*) FROM outbox_events WHERE type = 'bill.email_requested'"
         )
         .await,
         2,

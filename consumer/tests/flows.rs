@@ -143,7 +143,7 @@ async fn a_bill_whose_email_fails_is_sent_by_sms(pool: PgPool) {
     let sms_requests = count(
         &pool,
         &format!(
-            "SELECT count(*) FROM outbox WHERE topic = '{}' AND type = 'bill.sms_requested'",
+            "SELECT count(*) FROM outbox_events WHERE topic = '{}' AND type = 'bill.sms_requested'",
             topics.sms
         ),
     )
@@ -239,7 +239,7 @@ async fn a_redelivered_record_does_not_send_the_bill_again(pool: PgPool) {
     // The same record again, twice (a relay that published and crashed before marking), then
     // a marker bill behind it on the same partition.
     let payload: String =
-        sqlx::query_scalar("SELECT payload::text FROM outbox WHERE aggregateid = $1")
+        sqlx::query_scalar("SELECT payload::text FROM outbox_events WHERE aggregateid = $1")
             .bind(id.to_string())
             .fetch_one(&pool)
             .await
@@ -390,7 +390,7 @@ async fn a_shutdown_that_runs_out_of_grace_hands_unfinished_bills_back(pool: PgP
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM outbox WHERE type = 'bill.email_requested'"
+            "SELECT count(*) FROM outbox_events WHERE type = 'bill.email_requested'"
         )
         .await,
         10,

@@ -84,7 +84,7 @@ async fn a_replayed_dead_bill_is_sent_again_under_a_new_key_and_ends_sent(pool: 
     consumer.stop().await;
     // The fallback and dead-letter rows continue the bill's trace.
     let traces: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT type, headers->>'traceparent' FROM outbox
+        "SELECT type, headers->>'traceparent' FROM outbox_events
           WHERE aggregateid = $1 AND type <> 'bill.email_requested' ORDER BY seq",
     )
     .bind(id.to_string())

@@ -1,18 +1,29 @@
-//! The relay's SQL: claim a batch of unpublished rows, mark the published ones, record the
-//! failed ones. All three run in the same transaction, so a row is either published and marked,
-//! or left as it was (and published again later: at least once, never lost).
+//! The relay's SQL: claim a batch of outbox rows, move the published ones to
+//! `outbox_published`, record the failed ones. All three run in the same transaction, so a row
+//! is either published and moved, or left as it was (and published again later: at least once,
+//! never lost). Every row in `outbox` is unpublished (see migration 3 for why publishing moves
+//! rows rather than updating them).
 //!
 //! Ordering across relays: a row is claimable only when no earlier (`seq`) row of the same
-//! aggregate is unpublished, whether that row is free, locked by another relay, or waiting out
+//! aggregate is still in the outbox, whether that row is free, locked by another relay, or waiting out
 //! a retry. So at most one row per bill is in flight anywhere, a batch holds at most one row per
 //! bill, and a bill's next event is claimed only after the previous one was acknowledged by the
 //! broker and committed as published.
+//!
+//! Within one relay, claims also leave out the `seq` range of the other workers' batches in
+//! flight ([`InFlightRanges`]). `SKIP LOCKED` would skip those rows anyway, but only after
+//! trying each row's lock: measured on a 200,000-row backlog, a claim behind another worker's
+//! 1,000 locked rows took 6 ms instead of 2.4-3.5 ms. The filter is a plain comparison on the
+//! row. It is only an optimisation: a row inside the range but not in those batches (one
+//! another relay holds, or one whose bill had an earlier row in flight) is claimed by a later
+//! claim once the range is released, and `SKIP LOCKED` still keeps workers apart.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -36,42 +47,103 @@ const CLAIM: &str = "
 SELECT o.id, o.seq, o.aggregateid, o.topic, o.payload::text AS payload, o.headers,
        o.created_at, o.publish_attempts
   FROM outbox o
- WHERE o.published_at IS NULL
-   AND o.seq >= $2
+ WHERE o.seq >= $2
+   AND NOT (o.seq BETWEEN $3 AND $4)
    AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
    AND NOT EXISTS (SELECT 1 FROM outbox e
                     WHERE e.aggregateid = o.aggregateid
-                      AND e.published_at IS NULL
                       AND e.seq < o.seq)
  ORDER BY o.seq
  LIMIT $1
    FOR UPDATE OF o SKIP LOCKED";
 
-/// Locks up to `limit` publishable rows from `seq` `low_water` on, oldest first, skipping rows
-/// other relays hold. See [`crate::low_water`] for the bound.
+/// Locks up to `limit` publishable rows from `seq` `low_water` on, oldest first, outside the
+/// `skip` range (inclusive; `None` skips nothing), skipping rows other relays hold. See
+/// [`crate::low_water`] for the bound.
 pub async fn claim(
     conn: &mut PgConnection,
     limit: i64,
     low_water: i64,
+    skip: Option<(i64, i64)>,
 ) -> sqlx::Result<Vec<OutboxRow>> {
+    let (skip_from, skip_to) = skip.unwrap_or((1, 0));
     sqlx::query_as::<_, OutboxRow>(CLAIM)
         .bind(limit)
         .bind(low_water)
+        .bind(skip_from)
+        .bind(skip_to)
         .fetch_all(conn)
         .await
 }
 
-/// Marks rows published, with one statement. `clock_timestamp()` rather than `now()`: the
-/// transaction started before the records were sent, and `published_at` says when the broker
-/// had acknowledged them.
+/// The `seq` ranges (smallest, largest) of the batches this relay has in flight.
+#[derive(Debug, Default)]
+pub struct InFlightRanges {
+    ranges: Mutex<Vec<(u64, i64, i64)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl InFlightRanges {
+    /// The smallest range covering every batch in flight, if any.
+    pub fn hull(&self) -> Option<(i64, i64)> {
+        let ranges = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
+        ranges.iter().fold(None, |hull, &(_, lo, hi)| match hull {
+            None => Some((lo, hi)),
+            Some((a, b)) => Some((a.min(lo), b.max(hi))),
+        })
+    }
+
+    /// Records `rows` as in flight until the guard is dropped.
+    pub fn hold(&self, rows: &[OutboxRow]) -> InFlightGuard<'_> {
+        let lo = rows.iter().map(|r| r.seq).min().unwrap_or(0);
+        let hi = rows.iter().map(|r| r.seq).max().unwrap_or(-1);
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, lo, hi));
+        InFlightGuard { ranges: self, id }
+    }
+}
+
+/// Releases its batch's range when dropped, however the batch ends.
+pub struct InFlightGuard<'a> {
+    ranges: &'a InFlightRanges,
+    id: u64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.ranges
+            .ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&(id, _, _)| id != self.id);
+    }
+}
+
+/// Moves published rows from `outbox` to `outbox_published`, with one statement.
+/// `clock_timestamp()` rather than `now()`: the transaction started before the records were
+/// sent, and `published_at` says when the broker had acknowledged them.
 pub async fn mark_published(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let done = sqlx::query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(conn)
-        .await?;
+    let done = sqlx::query(
+        "WITH moved AS (
+             DELETE FROM outbox WHERE id = ANY($1)
+             RETURNING id, seq, aggregatetype, aggregateid, type, payload, topic, headers,
+                       created_at, publish_attempts, last_error)
+         INSERT INTO outbox_published (id, seq, aggregatetype, aggregateid, type, payload, topic,
+                                       headers, created_at, published_at, publish_attempts,
+                                       last_error)
+         SELECT id, seq, aggregatetype, aggregateid, type, payload, topic, headers, created_at,
+                clock_timestamp(), publish_attempts, last_error
+           FROM moved",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected())
 }
 

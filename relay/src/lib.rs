@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     stats: Arc<RelayStats>,
     /// The claims' lower bound on `seq`, kept by [`low_water::run`].
     low_water: Arc<AtomicI64>,
+    /// The `seq` ranges of this relay's batches in flight (see [`claim::InFlightRanges`]).
+    in_flight_ranges: claim::InFlightRanges,
 }
 
 /// A relay on a pool: build it, then [`Relay::run`] it until a token is cancelled.
@@ -117,6 +119,7 @@ impl Relay {
                 publisher,
                 stats,
                 low_water,
+                in_flight_ranges: claim::InFlightRanges::default(),
             }),
         })
     }

@@ -1,8 +1,8 @@
-//! The claim's lower bound on `seq`. Published rows stay in the outbox (until retention) and
-//! their dead entries stay in the unpublished-rows index (until vacuum); with planner
-//! statistics from before a backlog drained, Postgres may even walk the whole `seq` index.
-//! Either way a claim that starts from the first row would scan every row published before
-//! it, which makes draining a large backlog quadratic. So claims start at a low-water mark:
+//! The claim's lower bound on `seq`. Published rows leave the outbox, but their dead entries
+//! stay in the `seq` index until vacuum; with planner statistics from before a backlog
+//! drained, Postgres may even walk the whole index. Either way a claim that starts from the
+//! first row would step over every row published before it, which makes draining a large
+//! backlog quadratic. So claims start at a low-water mark:
 //! the smallest unpublished `seq`, minus a margin.
 //!
 //! The mark only bounds the scan; ordering never depends on it (the claim's `NOT EXISTS`
@@ -26,17 +26,19 @@ pub const FULL_EVERY: Duration = Duration::from_secs(10);
 /// How often it is advanced from its current value.
 pub const STEP_EVERY: Duration = Duration::from_millis(100);
 
-/// The smallest `seq` at or above `from` of an unpublished row that is due (not waiting out a
-/// retry), or one past the largest `seq` when there is none. Rows waiting out a retry do not
+/// The smallest `seq` at or above `from` of an outbox row that is due (not waiting out a
+/// retry), or one past the largest `seq` when there is none; with an empty outbox, one past
+/// the last `seq` handed out (`outbox_seq_seq`, the identity's sequence), which may belong to
+/// a writer that has not committed yet: the margin and the full refresh cover that writer. Rows waiting out a retry do not
 /// hold the mark back (a row that keeps failing would otherwise pin every claim's scan to it
 /// for good); the full recompute finds them once they are due.
 pub async fn smallest_unpublished(pool: &PgPool, from: i64) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "SELECT COALESCE(
              (SELECT min(seq) FROM outbox
-               WHERE published_at IS NULL AND seq >= $1
-                 AND (next_attempt_at IS NULL OR next_attempt_at <= now())),
+               WHERE seq >= $1 AND (next_attempt_at IS NULL OR next_attempt_at <= now())),
              (SELECT max(seq) + 1 FROM outbox WHERE seq >= $1),
+             (SELECT GREATEST(last_value + 1, $1) FROM outbox_seq_seq),
              $1)",
     )
     .bind(from)

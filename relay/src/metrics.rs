@@ -85,7 +85,7 @@ pub async fn sample_backlog(pool: PgPool, interval: Duration, cancel: Cancellati
     loop {
         let sampled = sqlx::query_as::<_, (i64, f64)>(
             "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-               FROM outbox WHERE published_at IS NULL",
+               FROM outbox",
         )
         .fetch_one(&pool)
         .await;

@@ -1,5 +1,5 @@
-//! Retention: deletes published rows older than the configured age, in bounded batches with
-//! short pauses. It only touches published rows, which no claim locks or waits for, and skips
+//! Retention: deletes published rows (`outbox_published`) older than the configured age, in
+//! bounded batches with short pauses. It never touches `outbox`, which claims lock, and skips
 //! rows another relay's retention holds, so it never blocks publishing.
 
 use sqlx::PgPool;
@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 /// Deletes at most `limit` rows published more than `age` ago. Returns how many went.
 pub async fn purge_batch(pool: &PgPool, age: Duration, limit: i64) -> sqlx::Result<u64> {
     let done = sqlx::query(
-        "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox
+        "DELETE FROM outbox_published WHERE id IN (
+             SELECT id FROM outbox_published
               WHERE published_at < now() - make_interval(secs => $1)
               ORDER BY published_at
               LIMIT $2

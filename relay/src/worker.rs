@@ -94,6 +94,7 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
         &mut tx,
         shared.options.batch_size,
         shared.low_water.load(Ordering::Relaxed),
+        shared.in_flight_ranges.hull(),
     )
     .await
     .context("failed to claim outbox rows")?;
@@ -103,6 +104,7 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
             .context("failed to end an empty claim")?;
         return Ok(BatchOutcome::default());
     }
+    let _range = shared.in_flight_ranges.hold(&rows);
     shared.stats.in_flight.fetch_add(1, Ordering::SeqCst);
     let _in_flight = InFlight(&shared.stats.in_flight);
 

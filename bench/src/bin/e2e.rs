@@ -459,11 +459,9 @@ async fn counts(pool: &PgPool) -> anyhow::Result<Counts> {
 }
 
 async fn unpublished(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await?)
 }
 
 async fn sim_stats(http: &reqwest::Client, sim: &str) -> anyhow::Result<Stats> {
@@ -730,7 +728,7 @@ async fn run(
     // When the relay had published the whole backlog (its `bills.email` rows; later rows are
     // fallbacks to `bills.sms`).
     let backlog_published: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM max(published_at) - $1)::float8 FROM outbox WHERE topic = $2",
+        "SELECT extract(epoch FROM max(published_at) - $1)::float8 FROM outbox_published WHERE topic = $2",
     )
     .bind(db_t0)
     .bind(TOPICS[0])

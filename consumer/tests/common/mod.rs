@@ -204,14 +204,15 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &
         .expect("produce");
 }
 
-/// A stand-in for billing-relay: publishes unpublished outbox rows in order, then marks them.
+/// A stand-in for billing-relay: publishes outbox rows in order, then moves them to
+/// `outbox_published` as the relay does.
 pub fn relay(pool: &PgPool, brokers: &str) -> JoinHandle<()> {
     let pool = pool.clone();
     let producer = producer(brokers);
     tokio::spawn(async move {
         loop {
             let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
-                "SELECT id, topic, aggregateid, payload::text FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT 500",
+                "SELECT id, topic, aggregateid, payload::text FROM outbox ORDER BY seq LIMIT 500",
             )
             .fetch_all(&pool)
             .await
@@ -224,11 +225,16 @@ pub fn relay(pool: &PgPool, brokers: &str) -> JoinHandle<()> {
                 produce(&producer, topic, key, payload.as_bytes()).await;
             }
             let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-            sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-                .bind(&ids)
-                .execute(&pool)
-                .await
-                .unwrap();
+            sqlx::query(
+                "WITH moved AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *)
+                 INSERT INTO outbox_published
+                 SELECT id, seq, aggregatetype, aggregateid, type, payload, topic, headers,
+                        created_at, now(), publish_attempts, last_error FROM moved",
+            )
+            .bind(&ids)
+            .execute(&pool)
+            .await
+            .unwrap();
         }
     })
 }
@@ -266,7 +272,7 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
 
 /// Outbox rows written for the dead-letter topic, as text.
 pub async fn dead_letters(pool: &PgPool, topics: &Topics) -> Vec<String> {
-    sqlx::query_scalar("SELECT payload::text FROM outbox WHERE topic = $1 ORDER BY seq")
+    sqlx::query_scalar("SELECT payload::text FROM outbox_events WHERE topic = $1 ORDER BY seq")
         .bind(&topics.dlt)
         .fetch_all(pool)
         .await

@@ -610,10 +610,9 @@ async fn poll(pool: &sqlx::PgPool) -> anyhow::Result<Progress> {
     )
     .fetch_one(pool)
     .await?;
-    let published: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
+    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_published")
+        .fetch_one(pool)
+        .await?;
     Ok(Progress {
         accepted,
         published,
