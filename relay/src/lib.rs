@@ -56,7 +56,7 @@ impl RelayOptions {
         Self {
             brokers: brokers.into(),
             batch_size: 1000,
-            workers: 2,
+            workers: 3,
             poll_interval: Duration::from_millis(500),
             retention_age: Duration::from_secs(24 * 3600),
             retention_batch: 5000,

@@ -36,7 +36,7 @@ pub struct Settings {
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: i64,
     /// Concurrent claim loops: while one batch awaits its delivery reports another is claimed.
-    #[arg(long, env = "RELAY_WORKERS", default_value_t = 2)]
+    #[arg(long, env = "RELAY_WORKERS", default_value_t = 3)]
     pub workers: usize,
     /// Fallback poll interval when no NOTIFY arrives (milliseconds).
     #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 500)]

@@ -4,10 +4,11 @@
 //!
 //! 1. Creates a fresh database (`bench_relay_<pid>`) on the server of `DATABASE_URL`, migrates
 //!    it, writes a backlog of N outbox rows (real `BillEvent` payloads and headers, one bill
-//!    each, written with `shared::outbox::insert` in chunks), `ANALYZE`s it.
+//!    each, written with `shared::outbox::insert` in chunks), `VACUUM ANALYZE`s it.
 //! 2. Runs the relay in-process until the whole backlog is published: events/s.
 //! 3. Sends N records of the same key, value and headers with the relay's own producer
-//!    configuration (idempotent, `acks=all`) and awaits every report: records/s. Prints the ratio.
+//!    configuration (idempotent, `acks=all`) and awaits every report: records/s.
+//!    Steps 1-3 run `--rounds` times (3), alternating, and the medians give the ratio.
 //! 4. Runs a fresh relay while tasks insert rows at a steady rate (each insert its own
 //!    transaction) and prints commit-to-publish latency p50/p99. "Commit" is when the
 //!    writer's COMMIT returned (client clock); "publish" is the row's `published_at`, which the
@@ -15,7 +16,9 @@
 //!    it commits. Both clocks are this machine's.
 //!
 //! The broker is `KAFKA_BROKERS` when set (topics are created with the admin API), otherwise
-//! rdkafka's in-process `MockCluster`.
+//! rdkafka's in-process `MockCluster`, which keeps nothing and runs inside this process: use a
+//! real broker for figures, e.g. `cargo xtask env -- cargo run --release -p bench --bin relay`
+//! (tansu when installed, see README).
 //!
 //! Run: `cargo run --release -p bench --bin relay -- --help`.
 
@@ -57,11 +60,14 @@ struct Args {
     /// Outbox rows in the backlog (and records sent by the raw producer).
     #[arg(long, default_value_t = 200_000)]
     backlog: usize,
+    /// Throughput rounds (backlog, relay, raw producer each); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Relay batch size.
     #[arg(long, default_value_t = 1000)]
     batch_size: i64,
-    /// Relay claim loops.
-    #[arg(long, default_value_t = 2)]
+    /// Relay claim loops (`RELAY_WORKERS`).
+    #[arg(long, default_value_t = 3)]
     workers: usize,
     /// Partitions of the benchmark topics.
     #[arg(long, default_value_t = 6)]
@@ -149,57 +155,73 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
         ..RelayOptions::new(brokers.clone())
     };
 
-    // 1. The backlog.
-    let started = Instant::now();
-    write_backlog(&pool, &backlog_topic, args.backlog).await?;
-    pool.execute("ANALYZE outbox").await?;
-    let (key, value, headers) = sample_record(&pool).await?;
-    println!(
-        "backlog: {} rows written in {:.1} s; record: key {} B, value {} B, headers {} B",
-        args.backlog,
-        started.elapsed().as_secs_f64(),
-        key.len(),
-        value.len(),
-        headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
-    );
-
-    // 2. The relay drains it.
-    let relay = Relay::new(pool.clone(), options.clone()).await?;
-    let stats = relay.stats();
-    let cancel = CancellationToken::new();
-    let started = Instant::now();
-    let task = tokio::spawn(relay.run(cancel.clone()));
-    while stats.published() < args.backlog as u64 {
-        anyhow::ensure!(!task.is_finished(), "the relay stopped early");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let relay_secs = started.elapsed().as_secs_f64();
-    cancel.cancel();
-    task.await??;
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&pool)
-        .await?;
-    anyhow::ensure!(left == 0, "{left} rows left unpublished");
-    let relay_rate = args.backlog as f64 / relay_secs;
-    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "relay:        {:>9.0} events/s  ({} rows in {relay_secs:.2} s, {batches} batches)",
-        relay_rate, args.backlog
-    );
-
-    // 3. The raw producer, same configuration, records and broker.
+    // 1-3, `rounds` times, alternating so both see the same machine: a backlog, the relay
+    // draining it, the raw producer sending as many records.
     let config = billing_relay::publish::producer_config(&brokers, options.message_timeout);
     let producer: FutureProducer = shared::kafka::create(config).await?;
-    let raw_secs = raw_produce(&producer, &raw_topic, args.backlog, &key, &value, &headers).await?;
-    let raw_rate = args.backlog as f64 / raw_secs;
+    let (mut relay_rates, mut raw_rates) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        // 1. The backlog.
+        let started = Instant::now();
+        write_backlog(&pool, &backlog_topic, args.backlog).await?;
+        // What autovacuum does between backlogs (the local test server may run without it):
+        // clears the previous round's dead rows and index entries, refreshes statistics.
+        pool.execute("VACUUM ANALYZE outbox").await?;
+        let (key, value, headers) = sample_record(&pool).await?;
+        if round == 1 {
+            println!(
+                "backlog: {} rows written in {:.1} s; record: key {} B, value {} B, headers {} B",
+                args.backlog,
+                started.elapsed().as_secs_f64(),
+                key.len(),
+                value.len(),
+                headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+            );
+        }
+
+        // 2. A fresh relay drains it.
+        let relay = Relay::new(pool.clone(), options.clone()).await?;
+        let stats = relay.stats();
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let task = tokio::spawn(relay.run(cancel.clone()));
+        while stats.published() < args.backlog as u64 {
+            anyhow::ensure!(!task.is_finished(), "the relay stopped early");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let relay_secs = started.elapsed().as_secs_f64();
+        cancel.cancel();
+        task.await??;
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await?;
+        anyhow::ensure!(left == 0, "{left} rows left unpublished");
+        let relay_rate = args.backlog as f64 / relay_secs;
+        let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+
+        // 3. The raw producer, same configuration, records and broker.
+        let raw_secs =
+            raw_produce(&producer, &raw_topic, args.backlog, &key, &value, &headers).await?;
+        let raw_rate = args.backlog as f64 / raw_secs;
+        println!(
+            "round {round}: relay {relay_rate:>9.0} events/s ({relay_secs:.2} s, {batches} batches)   raw producer {raw_rate:>9.0} records/s ({raw_secs:.2} s)   ratio {:.1} %",
+            relay_rate / raw_rate * 100.0
+        );
+        relay_rates.push(relay_rate);
+        raw_rates.push(raw_rate);
+    }
+    drop(producer);
+    let relay_rate = bench::median(&mut relay_rates);
+    let raw_rate = bench::median(&mut raw_rates);
     let ratio = relay_rate / raw_rate;
     println!(
-        "raw producer: {:>9.0} records/s ({} records in {raw_secs:.2} s, idempotent, acks=all, await all)",
-        raw_rate, args.backlog
+        "relay:        {relay_rate:>9.0} events/s   (median of {} rounds of {} rows)",
+        args.rounds, args.backlog
     );
+    println!("raw producer: {raw_rate:>9.0} records/s  (median; idempotent, acks=all, await all)");
     println!(
         "ratio relay/raw: {:.1} %   [targets: >= {:.0} events/s: {}; >= {:.0} % of raw: {}]",
         ratio * 100.0,
@@ -208,7 +230,6 @@ async fn run(args: &Args, server: &PgConnectOptions, db: &str) -> anyhow::Result
         RATIO_TARGET * 100.0,
         verdict(ratio >= RATIO_TARGET)
     );
-    drop(producer);
 
     // 4. Steady load.
     let (p50, p99, max, n) = steady(&pool, options, &steady_topic, args.rate, args.seconds).await?;
