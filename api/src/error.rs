@@ -163,7 +163,7 @@ impl ApiError {
 }
 
 /// Connection-level failures mean "Postgres is unreachable or refusing work": 503.
-fn is_unavailable(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed

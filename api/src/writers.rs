@@ -25,6 +25,7 @@
 //! answered 503. A request abandoned while queued (client gone, request timeout) is skipped.
 //! A writer that has been idle for [`IDLE`] gives its connection back.
 
+use crate::error::is_unavailable;
 use crate::write::{self, PreparedBill, Written};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPoolOptions, Postgres};
@@ -187,7 +188,7 @@ async fn write_jobs(conn: &mut PgConnection, jobs: &mut Vec<Job>) -> bool {
                 }
                 return ok;
             }
-            Err(sqlx::Error::Database(e)) if !is_connection_error(e.code().as_deref()) => {
+            Err(e @ sqlx::Error::Database(_)) if !is_unavailable(&e) => {
                 // Atomic, so nothing was written: write each alone, so that only the bill at
                 // fault fails.
                 tracing::warn!(error = %e, bills = jobs.len(), "grouped insert failed; writing the bills one by one");
@@ -205,6 +206,7 @@ async fn write_jobs(conn: &mut PgConnection, jobs: &mut Vec<Job>) -> bool {
     ok
 }
 
+/// Writes one bill alone and answers it. Returns false when its statement failed.
 async fn write_one(conn: &mut PgConnection, job: Job) -> bool {
     let result = write::insert_one(conn, &job.bill).await;
     let ok = result.is_ok();
@@ -212,23 +214,11 @@ async fn write_one(conn: &mut PgConnection, job: Job) -> bool {
     ok
 }
 
-/// 08: connection exception; 57P0x: shutdown, terminated; 53: out of resources.
-fn is_connection_error(code: Option<&str>) -> bool {
-    code.is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53"))
-}
-
-/// Answers every job with (a copy of) `error`. The copy keeps the class the API maps to a
-/// status: connection trouble (503) stays I/O, anything else is passed on as a protocol error.
+/// Answers every job with (a copy of) `error` (`sqlx::Error` is not `Clone`). The copy keeps
+/// the class the API maps to a status: connection trouble (503) stays I/O, anything else is
+/// passed on as a protocol error.
 fn answer_all(jobs: impl Iterator<Item = Job>, error: &sqlx::Error) {
-    let unavailable = match error {
-        sqlx::Error::Database(e) => is_connection_error(e.code().as_deref()),
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
-    };
+    let unavailable = is_unavailable(error);
     for job in jobs {
         let copy = if unavailable {
             sqlx::Error::Io(std::io::Error::new(
