@@ -88,11 +88,6 @@ impl Writers {
         answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
 
-    /// Closes the writers' connections (the writers stop once every clone is dropped).
-    pub async fn close(&self) {
-        self.inner.pool.close().await;
-    }
-
     fn queue(&self) -> &mpsc::Sender<Job> {
         self.inner.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(self.inner.count * 64);

@@ -5,8 +5,8 @@
 //! rows rather than updating them).
 //!
 //! Ordering across relays: a row is claimable only when no earlier (`seq`) row of the same
-//! aggregate is still in the outbox, whether that row is free, locked by another relay, or waiting out
-//! a retry. So at most one row per bill is in flight anywhere, a batch holds at most one row per
+//! aggregate is still in the outbox, whether that row is free, locked by another relay, or
+//! waiting out a retry. So at most one row per bill is in flight anywhere, a batch holds at most one row per
 //! bill, and a bill's next event is claimed only after the previous one was acknowledged by the
 //! broker and committed as published.
 //!
@@ -23,6 +23,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use uuid::Uuid;
@@ -80,7 +81,7 @@ pub async fn claim(
 #[derive(Debug, Default)]
 pub struct InFlightRanges {
     ranges: Mutex<Vec<(u64, i64, i64)>>,
-    next: std::sync::atomic::AtomicU64,
+    next: AtomicU64,
 }
 
 impl InFlightRanges {
@@ -93,27 +94,35 @@ impl InFlightRanges {
         })
     }
 
-    /// Records `rows` as in flight until the guard is dropped.
-    pub fn hold(&self, rows: &[OutboxRow]) -> InFlightGuard<'_> {
+    /// Records `rows` as in flight, and counts the batch in `batches`, until the guard is
+    /// dropped, however the batch ends.
+    pub fn hold<'a>(&'a self, rows: &[OutboxRow], batches: &'a AtomicUsize) -> InFlightGuard<'a> {
         let lo = rows.iter().map(|r| r.seq).min().unwrap_or(0);
         let hi = rows.iter().map(|r| r.seq).max().unwrap_or(-1);
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        batches.fetch_add(1, Ordering::SeqCst);
         self.ranges
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((id, lo, hi));
-        InFlightGuard { ranges: self, id }
+        InFlightGuard {
+            ranges: self,
+            batches,
+            id,
+        }
     }
 }
 
-/// Releases its batch's range when dropped, however the batch ends.
+/// Releases its batch's range and count when dropped.
 pub struct InFlightGuard<'a> {
     ranges: &'a InFlightRanges,
+    batches: &'a AtomicUsize,
     id: u64,
 }
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
+        self.batches.fetch_sub(1, Ordering::SeqCst);
         self.ranges
             .ranges
             .lock()

@@ -73,15 +73,6 @@ pub(crate) async fn run(
     .await
 }
 
-/// Decrements the in-flight gauge however the batch ends.
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Claims, publishes and settles one batch.
 pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcome> {
     let started = Instant::now();
@@ -104,9 +95,7 @@ pub(crate) async fn process_batch(shared: &Shared) -> anyhow::Result<BatchOutcom
             .context("failed to end an empty claim")?;
         return Ok(BatchOutcome::default());
     }
-    let _range = shared.in_flight_ranges.hold(&rows);
-    shared.stats.in_flight.fetch_add(1, Ordering::SeqCst);
-    let _in_flight = InFlight(&shared.stats.in_flight);
+    let _in_flight = shared.in_flight_ranges.hold(&rows, &shared.stats.in_flight);
 
     let claimed_at = Instant::now();
     let producer = shared.publisher.producer().await;
