@@ -14,7 +14,6 @@ use shared::crypto::Keyring;
 use shared::domain::{BillId, Channel};
 use shared::events::event_type;
 use shared::outbox::NewOutboxEvent;
-use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -98,7 +97,7 @@ pub const INSERT_ONE_SQL: &str = "WITH b AS (
     FROM b CROSS JOIN UNNEST($13::smallint[], $14::text[], $15::bigint[]) AS u(position, name, amount)
 ), o AS (
     INSERT INTO outbox (id, topic, aggregatetype, aggregateid, type, payload, headers)
-    SELECT $16, $17, $18, b.id::text, $19, $20, $21 FROM b
+    SELECT $16, $17, $18, b.id::text, $19, $20::json, $21::json FROM b
 )
 SELECT id FROM b";
 
@@ -142,8 +141,8 @@ pub async fn insert_one(
             .bind(&bill.outbox.topic)
             .bind(bill.outbox.aggregate_type)
             .bind(&bill.outbox.event_type)
-            .bind(Json(&bill.outbox.payload))
-            .bind(Json(&bill.outbox.headers))
+            .bind(bill.outbox.payload.to_string())
+            .bind(bill.outbox.headers.to_string())
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(id) = inserted {
@@ -191,7 +190,7 @@ pub const INSERT_BATCH_SQL: &str = "WITH b AS (
 ), o AS (
     INSERT INTO outbox (id, topic, aggregatetype, aggregateid, type, payload, headers)
     SELECT u.id, $17, $18, u.bill_id::text, $19, u.payload, u.headers
-    FROM UNNEST($20::uuid[], $21::uuid[], $22::jsonb[], $23::jsonb[])
+    FROM UNNEST($20::uuid[], $21::uuid[], $22::text[]::json[], $23::text[]::json[])
          AS u(id, bill_id, payload, headers)
     WHERE u.bill_id IN (SELECT id FROM b)
 )
@@ -253,8 +252,8 @@ pub async fn insert_rows(
             item_amount.push(*amount);
         }
         ev_ids.push(b.outbox.id.0);
-        payloads.push(Json(&b.outbox.payload));
-        headers.push(Json(&b.outbox.headers));
+        payloads.push(b.outbox.payload.to_string());
+        headers.push(b.outbox.headers.to_string());
     }
     let Some(first) = bills.first() else {
         return Ok(Vec::new());

@@ -2,16 +2,17 @@
 //! idempotent producer. [`run`] is what the binary does; [`Relay`] is the same thing on a pool
 //! the caller owns (tests, benchmarks).
 //!
-//! - `claim`: the SQL (claim with `FOR UPDATE SKIP LOCKED`, mark published, record failures)
-//! - `publish`: the producer, sending a batch and classifying errors
-//! - `low_water`: where claims start scanning
-//! - `worker`: one claim loop; `wake`: LISTEN/NOTIFY; `retention`: deleting old rows
+//! - `position`: the outbox read as a log: the relay's position (Postgres snapshots, locked
+//!   `FOR UPDATE SKIP LOCKED`), the rows of a tick, chunk by chunk
+//! - `parked`: rows that could not go out with their chunk, and their retries
+//! - `publish`: the producer, sending a chunk and classifying errors
+//! - `worker`: the loop; `wake`: LISTEN/NOTIFY; `retention`: deleting old rows
 //! - `metrics`, `settings`, `backoff`
 
 pub mod backoff;
-pub mod claim;
-pub mod low_water;
 pub mod metrics;
+pub mod parked;
+pub mod position;
 pub mod publish;
 pub mod retention;
 pub mod settings;
@@ -22,7 +23,7 @@ use anyhow::Context;
 use publish::Publisher;
 use shared::ops::ReadyCheck;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,8 +37,10 @@ pub use worker::BatchOutcome;
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     pub brokers: String,
+    /// Rows per chunk: read, sent and settled together.
     pub batch_size: i64,
-    pub workers: usize,
+    /// Chunks read ahead (each on its own connection) while one awaits its delivery reports.
+    pub read_ahead: usize,
     pub poll_interval: Duration,
     pub retention_age: Duration,
     pub retention_batch: i64,
@@ -55,8 +58,8 @@ impl RelayOptions {
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
-            batch_size: 1000,
-            workers: 3,
+            batch_size: 5000,
+            read_ahead: 2,
             poll_interval: Duration::from_millis(500),
             retention_age: Duration::from_secs(24 * 3600),
             retention_batch: 5000,
@@ -77,7 +80,9 @@ pub struct RelayStats {
     pub published: AtomicU64,
     pub retriable_failures: AtomicU64,
     pub permanent_failures: AtomicU64,
-    /// Batches claimed and not yet committed.
+    /// Rows parked (failed, or held behind a parked event of their bill).
+    pub parked: AtomicU64,
+    /// Chunks read and not yet committed.
     pub in_flight: AtomicUsize,
     /// Producers rebuilt after a fatal error.
     pub producer_rebuilds: AtomicU64,
@@ -94,11 +99,11 @@ pub(crate) struct Shared {
     options: RelayOptions,
     publisher: Arc<Publisher>,
     stats: Arc<RelayStats>,
-    /// The claims' lower bound on `seq`, kept by [`low_water::run`].
-    low_water: Arc<AtomicI64>,
-    /// The `seq` ranges of this relay's batches in flight (see [`claim::InFlightRanges`]).
-    in_flight_ranges: claim::InFlightRanges,
+    observer: Option<Observer>,
 }
+
+/// Called with the ids of the rows of each committed chunk that were published.
+pub type Observer = Arc<dyn Fn(&[uuid::Uuid]) + Send + Sync>;
 
 /// A relay on a pool: build it, then [`Relay::run`] it until a token is cancelled.
 pub struct Relay {
@@ -111,26 +116,28 @@ impl Relay {
         let config = publish::producer_config(&options.brokers, options.message_timeout);
         let publisher = Arc::new(Publisher::new(config).await?);
         let stats = Arc::new(RelayStats::default());
-        let low_water = Arc::new(AtomicI64::new(0));
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
                 options,
                 publisher,
                 stats,
-                low_water,
-                in_flight_ranges: claim::InFlightRanges::default(),
+                observer: None,
             }),
         })
     }
 
-    pub fn stats(&self) -> Arc<RelayStats> {
-        self.shared.stats.clone()
+    /// Calls `observer` after every commit with the ids published by it (benchmarks time
+    /// commit-to-publish with it). Call before [`Relay::run`].
+    pub fn on_published(mut self, observer: Observer) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.observer = Some(observer);
+        }
+        self
     }
 
-    /// Where claims start scanning (see [`low_water`]); tests watch it.
-    pub fn low_water(&self) -> Arc<AtomicI64> {
-        self.shared.low_water.clone()
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.shared.stats.clone()
     }
 
     /// `/readyz`: the database answers and the producer is not in a fatal state.
@@ -149,18 +156,13 @@ impl Relay {
         })
     }
 
-    /// Claims and publishes one batch outside the loops (tests, benchmarks).
-    pub async fn process_batch(&self) -> anyhow::Result<BatchOutcome> {
-        worker::process_batch(&self.shared).await
-    }
-
-    /// Runs the claim loops, the listener, the backlog sampler and retention until `cancel`
-    /// fires; then lets every batch in flight finish, and flushes the producer.
+    /// Runs the loop, the listener, the backlog sampler and retention until `cancel` fires;
+    /// then lets the chunk in flight finish, and flushes the producer.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let shared = self.shared;
         let opts = &shared.options;
         let (wake_tx, _) = watch::channel(0u64);
-        // Background tasks outlive the workers' last batch, then stop.
+        // Background tasks outlive the loop's last chunk, then stop.
         let background = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(wake::listen(
@@ -168,18 +170,11 @@ impl Relay {
             wake_tx.clone(),
             background.clone(),
         ));
-        if let Err(e) = low_water::refresh_full(&shared.pool, &shared.low_water).await {
-            // Claims then start from the first row until the next refresh: slower, not wrong.
-            tracing::warn!(error = %e, "could not compute where claims start");
-        }
-        tasks.spawn(low_water::run(
-            shared.pool.clone(),
-            shared.low_water.clone(),
-            background.clone(),
-        ));
+        // Counting the backlog reads every unpublished row: during a large drain a count
+        // every 2 s cost Postgres ~15 % of a core, so every 10 s.
         tasks.spawn(metrics::sample_backlog(
             shared.pool.clone(),
-            Duration::from_secs(2),
+            Duration::from_secs(10),
             background.clone(),
         ));
         tasks.spawn(retention::run(
@@ -189,33 +184,26 @@ impl Relay {
             opts.retention_interval,
             background.clone(),
         ));
-        let mut workers = JoinSet::new();
-        for n in 0..opts.workers {
-            workers.spawn(worker::run(
-                shared.clone(),
-                n,
-                wake_tx.subscribe(),
-                cancel.clone(),
-            ));
-        }
         tracing::info!(
-            workers = opts.workers,
             batch_size = opts.batch_size,
+            read_ahead = opts.read_ahead,
             "relay started"
         );
-        let mut panicked = false;
-        while let Some(done) = workers.join_next().await {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "relay worker panicked");
-                panicked = true;
-                cancel.cancel();
-            }
+        let looped = tokio::spawn(worker::run(
+            shared.clone(),
+            wake_tx.subscribe(),
+            cancel.clone(),
+        ))
+        .await;
+        let panicked = looped.is_err();
+        if let Err(e) = looped {
+            tracing::error!(error = %e, "relay loop panicked");
         }
         background.cancel();
         while tasks.join_next().await.is_some() {}
         shared.publisher.flush(Duration::from_secs(5)).await;
         tracing::info!("relay stopped");
-        anyhow::ensure!(!panicked, "a relay worker panicked");
+        anyhow::ensure!(!panicked, "the relay loop panicked");
         Ok(())
     }
 }

@@ -1,11 +1,11 @@
 //! The relay's Prometheus metrics, rendered by the ops server's `/metrics`:
 //!
-//! - `billing_outbox_backlog`: unpublished rows (sampled every few seconds)
+//! - `billing_outbox_backlog`: unpublished rows (`outbox_pending`, sampled every 10 s)
 //! - `billing_outbox_oldest_unpublished_age_seconds`
 //! - `billing_relay_published_total{topic}`
 //! - `billing_relay_publish_latency_seconds`: row `created_at` (the writer's transaction) to
-//!   the relay's commit of `published_at`
-//! - `billing_relay_batch_duration_seconds`: claim to commit of one batch
+//!   the commit of the relay's position past it
+//! - `billing_relay_batch_duration_seconds`: read to commit of one chunk
 //! - `billing_relay_errors_total{kind}`: `database`, `broker`, `permanent`, `fatal`,
 //!   `max_attempts`, `listener`, `retention`
 
@@ -35,12 +35,12 @@ pub fn describe() {
     describe_histogram!(
         "billing_relay_publish_latency_seconds",
         Unit::Seconds,
-        "From the outbox row's creation to the commit of its publication."
+        "From the outbox row's creation to the commit of the relay's position past it."
     );
     describe_histogram!(
         "billing_relay_batch_duration_seconds",
         Unit::Seconds,
-        "From claim to commit of one batch."
+        "From reading to committing one chunk."
     );
     describe_counter!(
         "billing_relay_errors_total",
@@ -85,7 +85,7 @@ pub async fn sample_backlog(pool: PgPool, interval: Duration, cancel: Cancellati
     loop {
         let sampled = sqlx::query_as::<_, (i64, f64)>(
             "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-               FROM outbox",
+               FROM outbox_pending",
         )
         .fetch_one(&pool)
         .await;

@@ -2,14 +2,17 @@
 //! error, sending a whole batch without awaiting each record, and the classification of
 //! delivery errors into what the relay does next.
 
-use crate::claim::OutboxRow;
+use crate::position::OutboxRow;
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use serde_json::Value;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::RwLock;
@@ -149,30 +152,77 @@ pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
 }
 
 fn record_headers(row: &OutboxRow) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new_with_capacity(row.headers.0.len());
-    for (key, value) in &row.headers.0 {
-        let text;
-        let value: &str = match value {
-            Value::String(s) => s,
-            Value::Null => continue,
-            other => {
-                text = other.to_string();
-                &text
-            }
-        };
+    let pairs = match header_pairs(&row.headers) {
+        Ok(pairs) => pairs,
+        Err(e) => {
+            // The column is a JSON object by construction (the writers build it); if it is
+            // not, the record still goes out, without headers, and the row says why.
+            tracing::warn!(outbox.id = %row.id, error = %e, "outbox row headers are not a JSON object");
+            Vec::new()
+        }
+    };
+    let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
+    for (key, value) in &pairs {
         headers = headers.insert(Header {
             key,
-            value: Some(value),
+            value: Some(value.as_ref()),
         });
     }
     headers
+}
+
+/// A record header's name and value.
+pub type HeaderPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// The `(name, value)` pairs of a headers JSON object, borrowed from its text where no escape
+/// is involved: string values as they are, other values as their JSON text, nulls left out.
+pub fn header_pairs(json: &str) -> Result<Vec<HeaderPair<'_>>, serde_json::Error> {
+    Ok(serde_json::from_str::<Pairs<'_>>(json)?.0)
+}
+
+/// A string borrowed from the JSON text when it holds no escape.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+struct Pairs<'a>(Vec<HeaderPair<'a>>);
+
+impl<'de> Deserialize<'de> for Pairs<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Pairs<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs<'de>, A::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(Text(key)) = map.next_key()? {
+                    let raw: &'de RawValue = map.next_value()?;
+                    let value = match raw.get() {
+                        "null" => continue,
+                        text if text.starts_with('"') => {
+                            serde_json::from_str::<Text<'de>>(text)
+                                .map_err(serde::de::Error::custom)?
+                                .0
+                        }
+                        text => Cow::Borrowed(text),
+                    };
+                    pairs.push((key, value));
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
 }
 
 /// Sends every row without awaiting each record, then awaits all delivery reports. Returns
 /// one result per row, in the order of `rows`.
 pub async fn send_all(
     producer: &FutureProducer,
-    rows: &[OutboxRow],
+    rows: &[&OutboxRow],
 ) -> Vec<Result<(), PublishError>> {
     let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
@@ -193,7 +243,7 @@ pub async fn send_all(
         };
         pending.push(sent);
     }
-    let mut results = Vec::with_capacity(rows.len());
+    let mut results = Vec::with_capacity(pending.len());
     for sent in pending {
         let result = match sent {
             Err(e) => Err(e),
@@ -214,6 +264,30 @@ pub async fn send_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_are_strings_as_they_are_and_other_values_as_json_text() {
+        let pairs = header_pairs(
+            r#"{"event_id": "e1", "n": 3, "skip": null, "esc": "a\"b", "obj": {"x": [1]}}"#,
+        )
+        .unwrap();
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("event_id", "e1"),
+                ("n", "3"),
+                ("esc", "a\"b"),
+                ("obj", r#"{"x": [1]}"#)
+            ]
+        );
+        assert!(matches!(
+            header_pairs(r#"{"event_id": "e1"}"#).unwrap()[0].1,
+            Cow::Borrowed(_)
+        ));
+        assert!(header_pairs("[1]").is_err());
+        assert!(header_pairs("{}").unwrap().is_empty());
+    }
 
     #[test]
     fn broker_trouble_is_retriable_and_bad_rows_are_permanent() {

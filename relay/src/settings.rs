@@ -32,12 +32,12 @@ pub struct Settings {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "RELAY_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
     pub admin_addr: SocketAddr,
-    /// Outbox rows claimed and published per transaction.
-    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 1000)]
+    /// Outbox rows per chunk: read, sent and settled in one transaction.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 5000)]
     pub batch_size: i64,
-    /// Concurrent claim loops: while one batch awaits its delivery reports another is claimed.
-    #[arg(long, env = "RELAY_WORKERS", default_value_t = 3)]
-    pub workers: usize,
+    /// Chunks read ahead (each on its own connection) while one awaits its delivery reports.
+    #[arg(long, env = "RELAY_READ_AHEAD", default_value_t = 2)]
+    pub read_ahead: usize,
     /// Fallback poll interval when no NOTIFY arrives (milliseconds).
     #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 500)]
     pub poll_interval_ms: u64,
@@ -63,10 +63,10 @@ pub struct Settings {
     /// Cap of the retry interval of a row that failed permanently (seconds).
     #[arg(long, env = "RELAY_ROW_RETRY_CAP_SECS", default_value_t = 300)]
     pub row_retry_cap_secs: u64,
-    /// Commit batches with `synchronous_commit = off`: no WAL flush wait per batch (lower
-    /// latency, higher throughput). If Postgres itself crashes, the marks of the last few
-    /// hundred milliseconds can be lost and those rows are published again (at least once;
-    /// consumers deduplicate). A relay crash loses nothing either way.
+    /// Commit chunks with `synchronous_commit = off`: no WAL flush wait per chunk (lower
+    /// latency). If Postgres itself crashes, the position of the last few hundred
+    /// milliseconds can be lost and those rows are published again (at least once; consumers
+    /// deduplicate). A relay crash loses nothing either way.
     #[arg(long, env = "RELAY_ASYNC_COMMIT")]
     pub async_commit: bool,
     /// Apply pending migrations before starting.
@@ -83,9 +83,9 @@ impl Settings {
             self.batch_size
         );
         anyhow::ensure!(
-            (1..=64).contains(&self.workers),
-            "RELAY_WORKERS must be between 1 and 64, got {}",
-            self.workers
+            self.read_ahead <= 16,
+            "RELAY_READ_AHEAD must be between 0 and 16, got {}",
+            self.read_ahead
         );
         anyhow::ensure!(
             self.poll_interval_ms > 0,
@@ -115,7 +115,7 @@ impl Settings {
         RelayOptions {
             brokers: self.kafka.kafka_brokers.clone(),
             batch_size: self.batch_size,
-            workers: self.workers,
+            read_ahead: self.read_ahead,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             retention_age: Duration::from_secs(self.retention_hours * 3600),
             retention_batch: self.retention_batch,
@@ -137,7 +137,7 @@ mod tests {
     fn defaults_are_valid_and_documented_values() {
         let cli = Cli::try_parse_from(["billing-relay"]).unwrap();
         cli.settings.validate().unwrap();
-        assert_eq!(cli.settings.batch_size, 1000);
+        assert_eq!(cli.settings.batch_size, 5000);
         assert_eq!(cli.settings.admin_addr.to_string(), "127.0.0.1:9101");
         assert!(cli.command.is_none());
     }

@@ -1,7 +1,7 @@
-//! Waking the claim loops: a `LISTEN outbox_inserted` connection (writers notify after they
+//! Waking the relay's loop: a `LISTEN outbox_inserted` connection (writers notify after they
 //! commit outbox rows, see `shared::outbox`) bumps a counter every worker watches. A watch channel, not a
 //! bare `Notify`, so a wake that arrives while a worker is busy is not lost: the worker sees the
-//! counter changed and claims again at once. Workers still poll on an interval, which covers a
+//! counter changed and reads again at once. The loop still polls on an interval, which covers a
 //! lost listener connection and rows whose retry time has come (no notification for those).
 
 use crate::backoff::Backoff;

@@ -17,7 +17,7 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     })?;
     pool_options(args)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
+        .connect_with(session(options))
         .await
         .with_context(|| {
             format!(
@@ -38,7 +38,14 @@ pub fn connect_lazy(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     })?;
     Ok(pool_options(args)
         .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with(options))
+        .connect_lazy_with(session(options)))
+}
+
+/// Session settings of every service connection. JIT off: it compiles plans whose estimated
+/// cost is high, and the relay's and the stats' views over a large outbox cross that line
+/// while running in milliseconds (measured: 300 ms of compilation for a 50 ms count).
+fn session(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("jit", "off")])
 }
 
 /// What every service's pool shares. sqlx's default `test_before_acquire` sends a round trip

@@ -118,7 +118,7 @@ pub async fn insert(conn: &mut PgConnection, events: &[NewOutboxEvent]) -> sqlx:
     sqlx::query(
         "WITH inserted AS (
              INSERT INTO outbox (id, topic, aggregatetype, aggregateid, type, payload, headers)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]::json[], $7::text[]::json[])
              RETURNING 1)
          SELECT pg_notify('outbox_inserted', '') FROM (SELECT 1 FROM inserted LIMIT 1) t",
     )
@@ -127,8 +127,9 @@ pub async fn insert(conn: &mut PgConnection, events: &[NewOutboxEvent]) -> sqlx:
     .bind(&agg_types)
     .bind(&agg_ids)
     .bind(&types)
-    .bind(payloads.iter().map(|v| sqlx::types::Json(*v)).collect::<Vec<_>>())
-    .bind(headers.iter().map(|v| sqlx::types::Json(*v)).collect::<Vec<_>>())
+    // As JSON text into `json` columns (migration 4): validated, stored as written.
+    .bind(payloads.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+    .bind(headers.iter().map(|v| v.to_string()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -21,7 +21,8 @@ async fn migrations_apply_to_an_empty_database_and_are_idempotent(pool: PgPool) 
         "bills",
         "delivery_attempts",
         "outbox",
-        "outbox_published",
+        "outbox_relay",
+        "outbox_parked",
     ] {
         assert!(
             tables.contains(&t.to_owned()),

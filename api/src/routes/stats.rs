@@ -52,7 +52,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
             .await?;
     let (backlog, oldest): (i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
-         FROM outbox",
+         FROM outbox_pending",
     )
     .fetch_one(&state.pool)
     .await?;

@@ -425,8 +425,8 @@ fn pgbench_script(keyring: &Keyring) -> anyhow::Result<String> {
         q(&p.outbox.topic),                                             // $17
         q(p.outbox.aggregate_type),                                     // $18
         q(&p.outbox.event_type),                                        // $19
-        format!("{}::jsonb", q(&p.outbox.payload.to_string())),         // $20
-        format!("{}::jsonb", q(&p.outbox.headers.to_string())),         // $21
+        format!("{}::json", q(&p.outbox.payload.to_string())),          // $20
+        format!("{}::json", q(&p.outbox.headers.to_string())),          // $21
     ];
     let mut sql = INSERT_ONE_SQL.to_owned();
     // Highest first, so `$1` never eats the prefix of `$13`.

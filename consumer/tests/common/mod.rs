@@ -204,16 +204,19 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &
         .expect("produce");
 }
 
-/// A stand-in for billing-relay: publishes outbox rows in order, then moves them to
-/// `outbox_published` as the relay does.
+/// A stand-in for billing-relay: publishes every committed outbox row once, in `seq` order of
+/// what it finds, remembering what it sent (it leaves the relay's position alone).
 pub fn relay(pool: &PgPool, brokers: &str) -> JoinHandle<()> {
     let pool = pool.clone();
     let producer = producer(brokers);
     tokio::spawn(async move {
+        let mut sent: Vec<i64> = Vec::new();
         loop {
-            let rows: Vec<(Uuid, String, String, String)> = sqlx::query_as(
-                "SELECT id, topic, aggregateid, payload::text FROM outbox ORDER BY seq LIMIT 500",
+            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+                "SELECT seq, topic, aggregateid, payload::text FROM outbox
+                  WHERE seq <> ALL($1) ORDER BY seq LIMIT 500",
             )
+            .bind(&sent)
             .fetch_all(&pool)
             .await
             .unwrap_or_default();
@@ -221,20 +224,10 @@ pub fn relay(pool: &PgPool, brokers: &str) -> JoinHandle<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            for (_, topic, key, payload) in &rows {
+            for (seq, topic, key, payload) in &rows {
                 produce(&producer, topic, key, payload.as_bytes()).await;
+                sent.push(*seq);
             }
-            let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-            sqlx::query(
-                "WITH moved AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *)
-                 INSERT INTO outbox_published
-                 SELECT id, seq, aggregatetype, aggregateid, type, payload, topic, headers,
-                        created_at, now(), publish_attempts, last_error FROM moved",
-            )
-            .bind(&ids)
-            .execute(&pool)
-            .await
-            .unwrap();
         }
     })
 }

@@ -61,7 +61,6 @@ pub async fn own_pool(pool: &PgPool) -> PgPool {
 pub struct Running {
     pub cancel: CancellationToken,
     pub stats: Arc<RelayStats>,
-    pub low_water: Arc<std::sync::atomic::AtomicI64>,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -82,10 +81,8 @@ pub async fn start_relay(pool: &PgPool, options: RelayOptions) -> Running {
         .expect("relay");
     let cancel = CancellationToken::new();
     let stats = relay.stats();
-    let low_water = relay.low_water();
     let handle = tokio::spawn(relay.run(cancel.clone()));
     Running {
-        low_water,
         cancel,
         stats,
         handle,
@@ -130,7 +127,7 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
 }
 
 pub async fn unpublished(pool: &PgPool) -> i64 {
-    count(pool, "SELECT count(*) FROM outbox").await
+    count(pool, "SELECT count(*) FROM outbox_pending").await
 }
 
 /// Polls `check` until it holds, failing the test after `within`.

@@ -179,7 +179,7 @@ async fn db_counts(pool: &PgPool) -> anyhow::Result<Counts> {
             c.fallback += n;
         }
     }
-    c.outbox_backlog = sqlx::query_scalar("SELECT count(*) FROM outbox")
+    c.outbox_backlog = sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
         .fetch_one(pool)
         .await?;
     Ok(c)

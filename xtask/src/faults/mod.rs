@@ -610,9 +610,11 @@ async fn poll(pool: &sqlx::PgPool) -> anyhow::Result<Progress> {
     )
     .fetch_one(pool)
     .await?;
-    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_published")
-        .fetch_one(pool)
-        .await?;
+    let published: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM outbox) - (SELECT count(*) FROM outbox_pending)",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(Progress {
         accepted,
         published,
