@@ -165,6 +165,11 @@ async fn a_row_for_an_unknown_topic_is_recorded_and_does_not_block_other_bills(p
     let topic = unique_topic("bills.email");
     let missing = unique_topic("bills.missing");
     let kafka = kafka(&topic);
+    // Created with a known partition count (the reader below reads those partitions), then
+    // made to answer "unknown topic".
+    kafka
+        .create_topic(&missing, PARTITIONS, 1)
+        .expect("create topic");
     kafka
         .topic_error(
             &missing,
