@@ -49,8 +49,6 @@ pub struct Lane {
     pub tick_seq: Option<i64>,
     /// The snapshot of the locking statement: the next tick when none is in progress.
     pub now: String,
-    /// (The transaction's `plan_cache_mode`, as set by [`lock`].)
-    pub plans: String,
 }
 
 /// Locks the lane, or `None` when another relay holds it. For the rest of the transaction,
@@ -61,7 +59,7 @@ pub async fn lock(conn: &mut PgConnection) -> sqlx::Result<Option<Lane>> {
     sqlx::query_as(
         "SELECT done::text AS done, tick::text AS tick, tick_seq,
                 pg_current_snapshot()::text AS now,
-                set_config('plan_cache_mode', 'force_custom_plan', true) AS plans
+                set_config('plan_cache_mode', 'force_custom_plan', true) AS custom_plans
            FROM outbox_relay WHERE lane = 0
             FOR UPDATE SKIP LOCKED",
     )
