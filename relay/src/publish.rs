@@ -151,16 +151,14 @@ pub fn fatal_error(producer: &FutureProducer) -> Option<String> {
         .map(|(code, reason)| format!("{code}: {reason}"))
 }
 
-fn record_headers(row: &OutboxRow) -> OwnedHeaders {
-    let pairs = match header_pairs(&row.headers) {
-        Ok(pairs) => pairs,
-        Err(e) => {
-            // The column is a JSON object by construction (the writers build it); if it is
-            // not, the record still goes out, without headers, and the row says why.
-            tracing::warn!(outbox.id = %row.id, error = %e, "outbox row headers are not a JSON object");
-            Vec::new()
-        }
-    };
+/// The row's record headers, or why it has none: a `headers` value that is not a JSON object
+/// (the writers never store one; a hand-written row might) is the row's own error, so the row
+/// is parked with it rather than sent without its headers.
+fn record_headers(row: &OutboxRow) -> Result<OwnedHeaders, PublishError> {
+    let pairs = header_pairs(&row.headers).map_err(|e| PublishError {
+        class: ErrorClass::Permanent,
+        message: format!("outbox row headers are not a JSON object: {e}"),
+    })?;
     let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
     for (key, value) in &pairs {
         headers = headers.insert(Header {
@@ -168,7 +166,7 @@ fn record_headers(row: &OutboxRow) -> OwnedHeaders {
             value: Some(value.as_ref()),
         });
     }
-    headers
+    Ok(headers)
 }
 
 /// A record header's name and value.
@@ -226,10 +224,17 @@ pub async fn send_all(
 ) -> Vec<Result<(), PublishError>> {
     let mut pending = Vec::with_capacity(rows.len());
     for row in rows {
+        let headers = match record_headers(row) {
+            Ok(headers) => headers,
+            Err(e) => {
+                pending.push(Err(e));
+                continue;
+            }
+        };
         let mut record = FutureRecord::to(&row.topic)
             .key(row.aggregateid.as_bytes())
             .payload(row.payload.as_bytes())
-            .headers(record_headers(row));
+            .headers(headers);
         let sent = loop {
             match producer.send_result(record) {
                 Ok(delivery) => break Ok(delivery),

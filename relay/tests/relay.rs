@@ -301,6 +301,43 @@ async fn a_record_too_large_for_the_broker_is_recorded_and_the_others_are_publis
 }
 
 #[sqlx::test(migrator = "shared::MIGRATOR")]
+async fn a_row_whose_headers_are_not_an_object_is_parked_with_why_and_the_others_are_published(
+    pool: PgPool,
+) {
+    let topic = unique_topic("bills.email");
+    let kafka = kafka(&topic);
+    let brokers = kafka.bootstrap_servers();
+    let others = insert_round(&pool, &topic, &bills(10), 0).await;
+    let bad: Uuid = sqlx::query_scalar(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, headers)
+         VALUES (gen_random_uuid(), 'bill', gen_random_uuid()::text, 'bill.email_requested',
+                 '{}', $1, '[1]')
+         RETURNING id",
+    )
+    .bind(&topic)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    let relay = start_relay(&pool, options(&brokers)).await;
+    wait_until(
+        "the others are published and the bad row parked",
+        WAIT,
+        || async {
+            let sql = format!(
+                "SELECT count(*) FROM outbox_events
+              WHERE (id = '{bad}' AND last_error ILIKE '%headers%' AND NOT published)
+                 OR (id <> '{bad}' AND published)"
+            );
+            count(&pool, &sql).await == 11
+        },
+    )
+    .await;
+    relay.stop().await;
+    assert_exactly_once(&read_topic(&brokers, &topic).await, &others);
+}
+
+#[sqlx::test(migrator = "shared::MIGRATOR")]
 async fn a_fatal_producer_error_rebuilds_the_producer_and_loses_nothing(pool: PgPool) {
     let topic = unique_topic("bills.email");
     let kafka = kafka(&topic);
